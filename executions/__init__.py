@@ -1,0 +1,1 @@
+"""Live execution updates over WebSockets, on Django Channels."""

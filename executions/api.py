@@ -1,0 +1,112 @@
+"""The HTTP API: ingest of execution results, and WebSocket tokens for logged-in users."""
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.utils.crypto import constant_time_compare
+from ninja import NinjaAPI, Schema
+from ninja.errors import AuthenticationError, ValidationError
+from ninja.security import HttpBearer, django_auth
+
+from executions import conf
+from executions.events import send_execution_results
+from executions.schemas import ExecutionResult
+from executions.tokens import mint_token
+
+logger = logging.getLogger(__name__)
+
+api = NinjaAPI(
+    title="Executions API",
+    version="1.0",
+    description="Publish execution results to their graph's WebSocket subscribers.",
+    urls_namespace="executions-api",
+)
+
+
+class IngestDisabled(Exception):
+    """No EXECUTIONS_INGEST_TOKEN is configured, so nobody may publish over HTTP."""
+
+
+class IngestToken(HttpBearer):
+    """``Authorization: Bearer <EXECUTIONS_INGEST_TOKEN>``, compared in constant time."""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        scheme, _, token = request.headers.get(self.header, "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return self.authenticate(request, "")
+        return self.authenticate(request, token.strip())
+
+    def authenticate(self, request: HttpRequest, token: str) -> bool | None:
+        expected = conf.get("EXECUTIONS_INGEST_TOKEN")
+        if not expected:
+            raise IngestDisabled
+        return True if token and constant_time_compare(token, expected) else None
+
+
+class Accepted(Schema):
+    accepted: int
+
+
+class ErrorBody(Schema):
+    error: str
+
+
+class WsToken(Schema):
+    token: str
+    expires_at: datetime
+
+
+@api.post(
+    "/executions",
+    auth=IngestToken(),
+    response={202: Accepted, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody},
+    summary="Publish one execution result or an array of them",
+)
+async def ingest_executions(
+    request: HttpRequest, payload: ExecutionResult | list[ExecutionResult]
+) -> tuple[int, dict[str, int]]:
+    results = payload if isinstance(payload, list) else [payload]
+    accepted = await send_execution_results(results)
+    return 202, {"accepted": accepted}
+
+
+@api.post(
+    "/ws-token",
+    auth=django_auth,
+    response={200: WsToken, 401: ErrorBody},
+    summary="Mint a WebSocket token for the logged-in user",
+)
+def create_ws_token(request: HttpRequest) -> dict[str, Any]:
+    issued = mint_token(request.user)  # type: ignore[arg-type]
+    return {"token": issued.token, "expires_at": issued.expires_at}
+
+
+@api.exception_handler(ValidationError)
+def invalid_body(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    return api.create_response(request, {"error": describe_validation_errors(exc.errors)}, status=400)
+
+
+@api.exception_handler(AuthenticationError)
+def unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return api.create_response(request, {"error": "Missing or invalid credentials."}, status=401)
+
+
+@api.exception_handler(IngestDisabled)
+def ingest_disabled(request: HttpRequest, exc: IngestDisabled) -> HttpResponse:
+    message = (
+        "Ingest is disabled: set the environment variable EXECUTIONS_INGEST_TOKEN on the server "
+        "and send it as 'Authorization: Bearer <token>'."
+    )
+    return api.create_response(request, {"error": message}, status=403)
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
+    """Name the first bad field of a request body, as ``field.path: problem``."""
+    if not errors:
+        return "Invalid request body."
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "payload")]
+    where = ".".join(location) or "body"
+    return f"Invalid request body: {where}: {first.get('msg', 'invalid value')}."

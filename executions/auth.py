@@ -1,0 +1,70 @@
+"""ASGI middleware that decides who is on the other end of a WebSocket."""
+
+from typing import Any
+from urllib.parse import ParseResult, parse_qs
+
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+
+from executions.exceptions import ExecutionsError
+from executions.tokens import user_for_token
+
+Scope = dict[str, Any]
+ASGIApp = Any
+
+# Set in the scope when a token was offered and refused; the consumer closes with it.
+AUTH_ERROR_KEY = "executions_auth_error"
+
+
+def token_from_scope(scope: Scope) -> str:
+    """Return the ``token`` query parameter, or "" when absent or empty."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    values = query.get("token") or [""]
+    return values[0]
+
+
+class TokenAuthMiddleware:
+    """Authenticate programs by ``?token=``; a token, when given, wins over the session."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
+        token = token_from_scope(scope)
+        if token:
+            try:
+                user = await database_sync_to_async(user_for_token)(token)
+                scope = {**scope, "user": user, AUTH_ERROR_KEY: None}
+            except ExecutionsError as exc:
+                scope = {**scope, "user": AnonymousUser(), AUTH_ERROR_KEY: str(exc)}
+        return await self.app(scope, receive, send)
+
+
+class BrowserOriginValidator(OriginValidator):
+    """Refuse browsers from other sites; let through clients that send no Origin at all.
+
+    Browsers always send Origin on a WebSocket handshake, so a missing one means a program,
+    which cannot be the victim of cross-site WebSocket hijacking and still has to authenticate.
+    """
+
+    def valid_origin(self, parsed_origin: ParseResult | None) -> bool:
+        if parsed_origin is None:
+            return True
+        return bool(self.validate_origin(parsed_origin))
+
+
+def allowed_origin_patterns() -> list[str]:
+    hosts = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not hosts:
+        hosts = [".localhost", "127.0.0.1", "[::1]"]
+    return hosts
+
+
+def websocket_auth_stack(app: ASGIApp) -> ASGIApp:
+    """Wrap a WebSocket app in origin checks, session auth and token auth, in that order."""
+    return BrowserOriginValidator(
+        AuthMiddlewareStack(TokenAuthMiddleware(app)), allowed_origin_patterns()
+    )

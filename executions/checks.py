@@ -1,0 +1,44 @@
+"""System checks that warn about settings unsafe for production (``check --deploy``)."""
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Tags, Warning, register
+
+from executions import conf
+
+IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
+
+
+def layer_backend() -> str:
+    return str(getattr(settings, "CHANNEL_LAYERS", {}).get("default", {}).get("BACKEND", ""))
+
+
+@register(Tags.security, deploy=True)
+def check_channel_layer(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    if settings.DEBUG or layer_backend() != IN_MEMORY_LAYER:
+        return []
+    return [
+        Warning(
+            "The in-memory channel layer serves one process only: events published by other "
+            "processes (workers, other daphne processes) never reach this one's subscribers.",
+            hint="Set REDIS_URL to use channels-redis.",
+            id="executions.W001",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_ingest_token(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    token = conf.get("EXECUTIONS_INGEST_TOKEN")
+    if token and len(token) >= 24:
+        return []
+    return [
+        Warning(
+            "EXECUTIONS_INGEST_TOKEN is missing or shorter than 24 characters: POST "
+            "/api/executions is refused, or guarded by a guessable secret.",
+            hint="Set EXECUTIONS_INGEST_TOKEN to a long random value, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'.",
+            id="executions.W002",
+        )
+    ]

@@ -1,0 +1,41 @@
+"""The app's settings: every EXECUTIONS_* name, its default, read lazily from django.conf."""
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    # Largest inbound WebSocket message, in bytes; a larger one closes the connection.
+    "EXECUTIONS_MAX_MESSAGE_BYTES": 64 * 1024,
+    # Dotted path to a callable (user, graph_id) -> bool deciding who may subscribe.
+    "EXECUTIONS_SUBSCRIBE_POLICY": "executions.policy.owner_may_subscribe",
+    # Shared secret for POST /api/executions; empty refuses every ingest request.
+    "EXECUTIONS_INGEST_TOKEN": "",
+    # Lifetime of WebSocket tokens minted without an explicit TTL, in seconds.
+    "EXECUTIONS_TOKEN_TTL": 3600,
+    # How many group_add / group_discard calls one process runs at once; bounds the Redis
+    # connections a burst of connects or disconnects takes from the pool.
+    "EXECUTIONS_MEMBERSHIP_CONCURRENCY": 32,
+}
+
+
+def get(name: str) -> Any:
+    """Return the project's value of an EXECUTIONS_* setting, or its default."""
+    return getattr(settings, name, DEFAULTS[name])
+
+
+@cache
+def subscribe_policy() -> Callable[[Any, str], bool]:
+    """Return the configured subscribe policy callable."""
+    return import_string(get("EXECUTIONS_SUBSCRIBE_POLICY"))  # type: ignore[no-any-return]
+
+
+@receiver(setting_changed)
+def _forget_cached_policy(*, setting: str, **kwargs: Any) -> None:
+    if setting == "EXECUTIONS_SUBSCRIBE_POLICY":
+        subscribe_policy.cache_clear()

@@ -1,0 +1,57 @@
+"""Decoding client frames into validated messages, or a ProtocolViolation that says why not."""
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from executions.protocol import ErrorText, ProtocolViolation
+from executions.schemas import MAX_GRAPH_ID_LENGTH, ClientMessage, SubscriptionRequest
+
+
+def decode_client_message(text: str) -> ClientMessage:
+    """Parse one text frame into a client message."""
+    try:
+        payload = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # also: huge integers, absurd nesting
+        raise ProtocolViolation(ErrorText.NOT_JSON) from exc
+    if not isinstance(payload, dict):
+        raise ProtocolViolation(ErrorText.NOT_OBJECT)
+    try:
+        return ClientMessage.model_validate(payload)
+    except ValidationError as exc:
+        field = exc.errors()[0]["loc"][0]
+        if field == "method":
+            raise ProtocolViolation(ErrorText.UNKNOWN_METHOD) from exc
+        raise ProtocolViolation(
+            "data must be an object, an array, a string or null.",
+            _named_graph_id(payload.get("data")),
+        ) from exc
+
+
+def subscription_request(message: ClientMessage) -> SubscriptionRequest:
+    """Validate the data of a subscribe or unsubscribe message."""
+    if not message.data or not isinstance(message.data, dict) or "graph_id" not in message.data:
+        raise ProtocolViolation(ErrorText.SUBSCRIPTION_DATA_MISSING)
+    try:
+        return SubscriptionRequest.model_validate(message.data)
+    except ValidationError as exc:
+        field = exc.errors()[0]["loc"][0]
+        error = ErrorText.INVALID_GRAPH_ID if field == "graph_id" else _describe(exc)
+        raise ProtocolViolation(error, _named_graph_id(message.data)) from exc
+
+
+def _named_graph_id(data: Any) -> str | None:
+    """Return the graph id a frame names, when it is one the protocol could accept."""
+    if not isinstance(data, dict):
+        return None
+    graph_id = data.get("graph_id")
+    if isinstance(graph_id, str) and 0 < len(graph_id) <= MAX_GRAPH_ID_LENGTH:
+        return graph_id
+    return None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    return f"Invalid subscription data: {location}: {first['msg']}."

@@ -1,0 +1,54 @@
+"""Replies and close codes of the WebSocket protocol, built in one place."""
+
+from enum import IntEnum
+
+from executions.schemas import Methods, WsMessage
+
+
+class CloseCode(IntEnum):
+    """Application close codes; daphne only lets an application send 1000 or 3000-4999."""
+
+    NORMAL = 1000
+    UNAUTHENTICATED = 4001
+    MESSAGE_TOO_BIG = 4009
+
+
+class ErrorText:
+    """The sentences error frames say; clients may match on them."""
+
+    NOT_JSON = "Message is not valid JSON."
+    NOT_OBJECT = "Message must be a JSON object."
+    BINARY = "Binary frames are not supported; send JSON text frames."
+    SUBSCRIPTION_DATA_MISSING = "Subscription data missing"
+    INVALID_GRAPH_ID = "graph_id must be a non-empty string of at most 255 characters."
+    NOT_PROCESSED = "Message type is not processed by the server"
+    NOT_ALLOWED = "Not allowed to subscribe to this graph."
+    MISSING_TOKEN = "Missing authentication token"
+    UNKNOWN_METHOD = "Unknown method; expected one of: subscribe, unsubscribe, heartbeat."
+    MESSAGE_TOO_BIG = "Message too big: the limit is {limit} bytes."
+
+
+def ack_frame(method: Methods, channel: str) -> str:
+    return WsMessage(method=method, success=True, channel=channel).model_dump_json()
+
+
+def heartbeat_frame() -> str:
+    return WsMessage(method=Methods.HEARTBEAT, data="pong", success=True).model_dump_json()
+
+
+def error_frame(error: str, channel: str | None = None) -> str:
+    return WsMessage(
+        method=Methods.ERROR, success=False, channel=channel, error=error
+    ).model_dump_json()
+
+
+class ProtocolViolation(Exception):
+    """A client frame the server cannot act on; answered with an error frame."""
+
+    def __init__(self, error: str, channel: str | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.channel = channel
+
+    def frame(self) -> str:
+        return error_frame(self.error, self.channel)

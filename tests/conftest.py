@@ -1,0 +1,140 @@
+"""Shared fixtures: a fresh channel layer per test, users with graphs, a WebSocket factory."""
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+
+from executions.models import Graph
+from executions.schemas import ExecutionResult, ExecutionStatus
+from executions.tokens import mint_token
+from tests.support import redis_url_or_skip
+
+ALLOWED_ORIGIN = b"http://localhost"
+
+
+def layer_settings(kind: str) -> dict[str, Any]:
+    """CHANNEL_LAYERS for a kind of layer, isolated from other tests by a unique prefix."""
+    if kind == "memory":
+        return {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 20_000},
+        }
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    hosts = [{"address": redis_url_or_skip()}]
+    if kind == "redis-pubsub":
+        return {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": hosts, "prefix": prefix},
+        }
+    return {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": hosts, "prefix": prefix, "capacity": 20_000},
+    }
+
+
+@pytest.fixture(params=["memory"])
+def layer_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def channel_layer(settings: Any, layer_kind: str) -> AsyncIterator[Any]:
+    """A fresh channel layer of the requested kind, flushed afterwards."""
+    settings.CHANNEL_LAYERS = {"default": layer_settings(layer_kind)}
+    layer = get_channel_layer()
+    yield layer
+    await layer.flush()
+
+
+@pytest.fixture
+def application() -> Any:
+    from project.asgi import application
+
+    return application
+
+
+@pytest.fixture
+def make_user(transactional_db: None) -> Callable[..., Any]:
+    def make(username: str = "alice", graphs: tuple[str, ...] = ()) -> Any:
+        user = get_user_model().objects.create_user(username=username, password="pw-" + username)
+        for graph_id in graphs:
+            Graph.objects.create(pk=graph_id, owner=user)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user: Callable[..., Any]) -> Any:
+    return make_user("alice", graphs=("test_graph", "graph-2"))
+
+
+@pytest.fixture
+def alice_token(alice: Any) -> str:
+    return mint_token(alice).token
+
+
+@pytest.fixture
+async def connect(
+    application: Any, channel_layer: Any
+) -> AsyncIterator[Callable[..., Any]]:
+    """Open WebSocket connections to the real ASGI app; disconnect them all afterwards."""
+    opened: list[WebsocketCommunicator] = []
+
+    async def open_connection(
+        token: str | None = None,
+        origin: bytes | None = ALLOWED_ORIGIN,
+        expect_accept: bool = True,
+    ) -> WebsocketCommunicator:
+        path = "/ws" if token is None else f"/ws?token={token}"
+        headers = [(b"origin", origin)] if origin is not None else []
+        communicator = WebsocketCommunicator(application, path, headers=headers)
+        opened.append(communicator)
+        connected, _ = await communicator.connect(timeout=5)
+        assert connected is expect_accept
+        return communicator
+
+    yield open_connection
+    for communicator in opened:
+        await communicator.disconnect(timeout=5)
+
+
+def make_result(graph_id: str = "test_graph", aware: bool = True, **overrides: Any) -> ExecutionResult:
+    now = datetime.now(tz=UTC) if aware else datetime.now()
+    fields: dict[str, Any] = {
+        "graph_id": graph_id,
+        "graph_version": 1,
+        "graph_exec_id": "test_exec_id",
+        "node_exec_id": "test_node_exec_id",
+        "node_id": "test_node_id",
+        "block_id": "test_block_id",
+        "status": ExecutionStatus.COMPLETED,
+        "input_data": {"input1": "value1"},
+        "output_data": {"output1": ["result1"]},
+        "add_time": now,
+        "queue_time": None,
+        "start_time": now,
+        "end_time": now,
+    }
+    fields.update(overrides)
+    return ExecutionResult(**fields)
+
+
+@pytest.fixture
+def result_factory() -> Callable[..., ExecutionResult]:
+    return make_result
+
+
+async def subscribe(communicator: WebsocketCommunicator, graph_id: str) -> dict[str, Any]:
+    await communicator.send_json_to({"method": "subscribe", "data": {"graph_id": graph_id}})
+    reply: dict[str, Any] = await communicator.receive_json_from(timeout=5)
+    return reply
+
+
+
