@@ -6,8 +6,8 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.utils.crypto import constant_time_compare
-from ninja import NinjaAPI, Schema
-from ninja.errors import AuthenticationError, ValidationError
+from ninja import NinjaAPI, Schema, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, django_auth
 
 from executions import conf
@@ -66,10 +66,10 @@ class WsToken(Schema):
 )
 async def ingest_executions(
     request: HttpRequest, payload: ExecutionResult | list[ExecutionResult]
-) -> tuple[int, dict[str, int]]:
+) -> Status[dict[str, int]]:
     results = payload if isinstance(payload, list) else [payload]
     accepted = await send_execution_results(results)
-    return 202, {"accepted": accepted}
+    return Status(202, {"accepted": accepted})
 
 
 @api.post(
@@ -85,7 +85,14 @@ def create_ws_token(request: HttpRequest) -> dict[str, Any]:
 
 @api.exception_handler(ValidationError)
 def invalid_body(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    return api.create_response(request, {"error": describe_validation_errors(exc.errors)}, status=400)
+    return api.create_response(
+        request, {"error": describe_validation_errors(exc.errors)}, status=400
+    )
+
+
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return api.create_response(request, {"error": str(exc)}, status=exc.status_code)
 
 
 @api.exception_handler(AuthenticationError)
@@ -102,11 +109,19 @@ def ingest_disabled(request: HttpRequest, exc: IngestDisabled) -> HttpResponse:
     return api.create_response(request, {"error": message}, status=403)
 
 
+# Path parts that name where ninja put the body or which branch of a union was tried.
+_NOT_FIELDS = {"body", "payload", "ExecutionResult", "list[ExecutionResult]"}
+
+
 def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
-    """Name the first bad field of a request body, as ``field.path: problem``."""
+    """Name the bad field of a request body, as ``field.path: problem``.
+
+    A body may be one result or a list, so pydantic reports a failure per union branch; the
+    deepest one is the branch the client meant.
+    """
     if not errors:
         return "Invalid request body."
-    first = errors[0]
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "payload")]
+    deepest = max(errors, key=lambda error: len(error.get("loc", ())))
+    location = [str(part) for part in deepest.get("loc", ()) if part not in _NOT_FIELDS]
     where = ".".join(location) or "body"
-    return f"Invalid request body: {where}: {first.get('msg', 'invalid value')}."
+    return f"Invalid request body: {where}: {deepest.get('msg', 'invalid value')}."

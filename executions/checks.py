@@ -6,8 +6,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Tags, Warning, register
 
 from executions import conf
-
-IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
+from executions.layers import IN_MEMORY_LAYER
 
 
 def layer_backend() -> str:

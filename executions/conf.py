@@ -32,7 +32,7 @@ def get(name: str) -> Any:
 @cache
 def subscribe_policy() -> Callable[[Any, str], bool]:
     """Return the configured subscribe policy callable."""
-    return import_string(get("EXECUTIONS_SUBSCRIBE_POLICY"))  # type: ignore[no-any-return]
+    return import_string(get("EXECUTIONS_SUBSCRIBE_POLICY"))
 
 
 @receiver(setting_changed)

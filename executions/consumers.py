@@ -48,7 +48,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         if self._refresher is not None:
             self._refresher.cancel()
         for graph_id in self.graph_ids:
-            await membership.leave(self.channel_layer, graph_group_name(graph_id), self.channel_name)
+            await self._leave(graph_id)
         self.graph_ids = set()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -84,7 +84,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         if not await self._may_subscribe(graph_id):
             logger.info("subscribe refused: user=%s", self.scope["user"].pk)
             raise ProtocolViolation(ErrorText.NOT_ALLOWED, graph_id)
-        await membership.join(self.channel_layer, graph_group_name(graph_id), self.channel_name)
+        await self._join(graph_id)
         self.graph_ids.add(graph_id)
         self._keep_memberships_fresh()
         await self.send(text_data=ack_frame(Methods.SUBSCRIBE, graph_id))
@@ -93,9 +93,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         graph_id = subscription_request(message).graph_id
         if graph_id in self.graph_ids:
             self.graph_ids.discard(graph_id)
-            await membership.leave(
-                self.channel_layer, graph_group_name(graph_id), self.channel_name
-            )
+            await self._leave(graph_id)
         await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, graph_id))
 
     async def heartbeat(self, message: ClientMessage) -> None:
@@ -135,6 +133,10 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             while True:
                 await asyncio.sleep(interval)
                 for graph_id in list(self.graph_ids):
-                    await membership.join(
-                        self.channel_layer, graph_group_name(graph_id), self.channel_name
-                    )
+                    await self._join(graph_id)
+
+    async def _join(self, graph_id: str) -> None:
+        await membership.join(self.channel_layer, graph_group_name(graph_id), self.channel_name)
+
+    async def _leave(self, graph_id: str) -> None:
+        await membership.leave(self.channel_layer, graph_group_name(graph_id), self.channel_name)

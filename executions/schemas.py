@@ -1,7 +1,7 @@
 """Wire messages and execution results: the one definition of the protocol's shapes."""
 
 from datetime import datetime
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
@@ -14,7 +14,7 @@ GraphId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_GRAPH_ID_LENGT
 EXECUTION_RESULT_EVENT = "execution.result"
 
 
-class ExecutionStatus(str, Enum):
+class ExecutionStatus(StrEnum):
     INCOMPLETE = "INCOMPLETE"
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"

@@ -6,6 +6,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from executions.layers import channel_layer_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -100,36 +102,12 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 LOGIN_URL = "/admin/login/"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
-# "pubsub" (the default, see README: "Choosing a Redis layer") or "core".
+# "pubsub" (the default, see the README's "Choosing a Redis layer") or "core".
 REDIS_LAYER = os.environ.get("EXECUTIONS_REDIS_LAYER", "pubsub")
-
-# Large enough that a burst of thousands of events to one subscriber is never dropped: both
-# layers silently discard messages over a channel's capacity (100 by default).
-CHANNEL_CAPACITY = 20_000
-
-if REDIS_URL:
-    _redis_layers = {
-        "pubsub": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL}]},
-        },
-        "core": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL}], "capacity": CHANNEL_CAPACITY},
-        },
-    }
-    if REDIS_LAYER not in _redis_layers:
-        raise ImproperlyConfigured(
-            f"EXECUTIONS_REDIS_LAYER must be 'pubsub' or 'core', not {REDIS_LAYER!r}."
-        )
-    CHANNEL_LAYERS = {"default": _redis_layers[REDIS_LAYER]}
-else:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": CHANNEL_CAPACITY},
-        }
-    }
+try:
+    CHANNEL_LAYERS = {"default": channel_layer_config(REDIS_URL, REDIS_LAYER)}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"EXECUTIONS_REDIS_LAYER: {exc}") from exc
 
 # The ingest endpoint (POST /api/executions) is refused until this is set.
 EXECUTIONS_INGEST_TOKEN = os.environ.get("EXECUTIONS_INGEST_TOKEN", "")

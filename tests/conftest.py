@@ -10,6 +10,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
+from executions.layers import channel_layer_config
 from executions.models import Graph
 from executions.schemas import ExecutionResult, ExecutionStatus
 from executions.tokens import mint_token
@@ -21,21 +22,9 @@ ALLOWED_ORIGIN = b"http://localhost"
 def layer_settings(kind: str) -> dict[str, Any]:
     """CHANNEL_LAYERS for a kind of layer, isolated from other tests by a unique prefix."""
     if kind == "memory":
-        return {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": 20_000},
-        }
+        return channel_layer_config()
     prefix = f"test-{uuid.uuid4().hex[:12]}"
-    hosts = [{"address": redis_url_or_skip()}]
-    if kind == "redis-pubsub":
-        return {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": hosts, "prefix": prefix},
-        }
-    return {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": hosts, "prefix": prefix, "capacity": 20_000},
-    }
+    return channel_layer_config(redis_url_or_skip(), kind.removeprefix("redis-"), prefix)
 
 
 @pytest.fixture(params=["memory"])
@@ -81,9 +70,7 @@ def alice_token(alice: Any) -> str:
 
 
 @pytest.fixture
-async def connect(
-    application: Any, channel_layer: Any
-) -> AsyncIterator[Callable[..., Any]]:
+async def connect(application: Any, channel_layer: Any) -> AsyncIterator[Callable[..., Any]]:
     """Open WebSocket connections to the real ASGI app; disconnect them all afterwards."""
     opened: list[WebsocketCommunicator] = []
 
@@ -105,7 +92,9 @@ async def connect(
         await communicator.disconnect(timeout=5)
 
 
-def make_result(graph_id: str = "test_graph", aware: bool = True, **overrides: Any) -> ExecutionResult:
+def make_result(
+    graph_id: str = "test_graph", aware: bool = True, **overrides: Any
+) -> ExecutionResult:
     now = datetime.now(tz=UTC) if aware else datetime.now()
     fields: dict[str, Any] = {
         "graph_id": graph_id,
@@ -135,6 +124,3 @@ async def subscribe(communicator: WebsocketCommunicator, graph_id: str) -> dict[
     await communicator.send_json_to({"method": "subscribe", "data": {"graph_id": graph_id}})
     reply: dict[str, Any] = await communicator.receive_json_from(timeout=5)
     return reply
-
-
-

@@ -63,9 +63,7 @@ async def test_unsubscribe(connect: Any, alice_token: str, channel_layer: Any) -
     assert await group_members(channel_layer) == {}
 
 
-async def test_send_execution_result(
-    connect: Any, alice_token: str, result_factory: Any
-) -> None:
+async def test_send_execution_result(connect: Any, alice_token: str, result_factory: Any) -> None:
     client = await connect(token=alice_token)
     await subscribe(client, "test_graph")
     result = result_factory()

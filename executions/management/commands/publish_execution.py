@@ -6,8 +6,9 @@ from typing import Any, TextIO
 from django.core.management.base import BaseCommand, CommandError
 from pydantic import TypeAdapter, ValidationError
 
-from executions.checks import IN_MEMORY_LAYER, layer_backend
+from executions.checks import layer_backend
 from executions.events import send_execution_results_sync
+from executions.layers import IN_MEMORY_LAYER
 from executions.schemas import ExecutionResult
 
 _results = TypeAdapter(ExecutionResult | list[ExecutionResult])

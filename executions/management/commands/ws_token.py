@@ -17,7 +17,11 @@ class Command(BaseCommand):
             "--create-user", action="store_true", help="create the user (no password) if missing"
         )
 
-    def handle(self, *args: Any, username: str, ttl: int | None, create_user: bool, **kw: Any) -> None:
+    def handle(
+        self, *args: Any, username: str, ttl: int | None, create_user: bool, **kw: Any
+    ) -> None:
+        if ttl is not None and ttl <= 0:
+            raise CommandError("--ttl must be a positive number of seconds.")
         user_model = get_user_model()
         try:
             user = user_model._default_manager.get_by_natural_key(username)
@@ -26,7 +30,5 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"No user named {username!r}; pass --create-user to create one."
                 ) from None
-            user = user_model._default_manager.create_user(username=username)  # type: ignore[attr-defined]
-        if ttl is not None and ttl <= 0:
-            raise CommandError("--ttl must be a positive number of seconds.")
+            user = user_model._default_manager.create_user(username=username)
         self.stdout.write(mint_token(user, ttl).token)

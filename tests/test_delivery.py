@@ -1,0 +1,98 @@
+"""Delivery under bursts and storms: whole, in order, and nothing left behind."""
+
+import asyncio
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from executions.events import send_execution_result
+from executions.tokens import mint_token
+from tests.conftest import ALLOWED_ORIGIN, make_result, subscribe
+from tests.support import group_members
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(params=["memory", "redis-pubsub", "redis-core"])
+def layer_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def receive_sequence(client: WebsocketCommunicator, count: int) -> list[str]:
+    received = []
+    for _ in range(count):
+        event = await client.receive_json_from(timeout=10)
+        received.append(event["data"]["node_exec_id"])
+    return received
+
+
+@pytest.mark.parametrize(("subscribers", "events"), [(10, 1000), (100, 500)])
+async def test_a_burst_reaches_every_subscriber_whole_and_in_order(
+    connect: Any, alice_token: str, subscribers: int, events: int
+) -> None:
+    clients = [await connect(token=alice_token) for _ in range(subscribers)]
+    for client in clients:
+        await subscribe(client, "test_graph")
+    template = make_result()
+
+    for number in range(events):
+        await send_execution_result(template.model_copy(update={"node_exec_id": str(number)}))
+
+    expected = [str(number) for number in range(events)]
+    received = await asyncio.gather(*(receive_sequence(client, events) for client in clients))
+    assert all(sequence == expected for sequence in received)
+    assert all([await client.receive_nothing(timeout=0.05) for client in clients])
+
+
+async def test_a_storm_of_connections_leaves_no_member_behind(
+    application: Any, alice_token: str, channel_layer: Any
+) -> None:
+    """1,000 clients connect, subscribe and leave at once; every group ends empty."""
+    storm = 1000
+
+    async def visit() -> None:
+        client = WebsocketCommunicator(
+            application, f"/ws?token={alice_token}", headers=[(b"origin", ALLOWED_ORIGIN)]
+        )
+        connected, _ = await client.connect(timeout=30)
+        assert connected
+        reply = await subscribe(client, "test_graph")
+        assert reply["success"] is True
+        await client.disconnect(timeout=30)
+
+    await asyncio.wait_for(asyncio.gather(*(visit() for _ in range(storm))), timeout=120)
+
+    assert await group_members(channel_layer) == {}
+
+
+async def test_memberships_are_refreshed_before_they_expire(
+    settings: Any, application: Any, alice: Any, layer_kind: str
+) -> None:
+    """A layer that forgets members after group_expiry still delivers to a long subscription."""
+    from channels.layers import get_channel_layer
+
+    from tests.conftest import layer_settings
+
+    if layer_kind == "redis-pubsub":
+        pytest.skip("the pub/sub layer keeps memberships for as long as the process lives")
+    config = layer_settings(layer_kind)
+    config["CONFIG"]["group_expiry"] = 2
+    settings.CHANNEL_LAYERS = {"default": config}
+    token = await sync_to_async(lambda: mint_token(alice).token)()
+    client = WebsocketCommunicator(
+        application, f"/ws?token={token}", headers=[(b"origin", ALLOWED_ORIGIN)]
+    )
+    await client.connect(timeout=5)
+    try:
+        await subscribe(client, "test_graph")
+        await asyncio.sleep(3.5)  # well past the expiry: only a refresh keeps the member
+
+        await send_execution_result(make_result())
+
+        event = await client.receive_json_from(timeout=5)
+        assert event["channel"] == "test_graph"
+    finally:
+        await client.disconnect()
+        await get_channel_layer().flush()
