@@ -41,8 +41,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         refusal = self._authentication_refusal()
         if refusal:
             logger.info("websocket refused: %s", refusal)
-            await self.send(text_data=error_frame(refusal))
-            await self.close(code=CloseCode.UNAUTHENTICATED, reason=refusal)
+            await self._close_with_error(CloseCode.UNAUTHENTICATED, refusal)
 
     async def disconnect(self, code: int) -> None:
         if self._refresher is not None:
@@ -57,9 +56,8 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             return
         limit = conf.get("EXECUTIONS_MAX_MESSAGE_BYTES")
         if len(text_data) * 4 > limit and len(text_data.encode("utf-8", "replace")) > limit:
-            await self.close(
-                code=CloseCode.MESSAGE_TOO_BIG, reason=ErrorText.MESSAGE_TOO_BIG.format(limit=limit)
-            )
+            reason = ErrorText.MESSAGE_TOO_BIG.format(limit=limit)
+            await self._close_with_error(CloseCode.MESSAGE_TOO_BIG, reason)
             return
         try:
             message = decode_client_message(text_data)
@@ -109,6 +107,11 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         Methods.EXECUTION_EVENT: refuse_server_method,
         Methods.ERROR: refuse_server_method,
     }
+
+    async def _close_with_error(self, code: int, reason: str) -> None:
+        # daphne drops close reasons, so the reason also travels as an error frame first.
+        await self.send(text_data=error_frame(reason))
+        await self.close(code=code, reason=reason)
 
     def _authentication_refusal(self) -> str | None:
         error = self.scope.get(AUTH_ERROR_KEY)

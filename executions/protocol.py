@@ -1,16 +1,20 @@
 """Replies and close codes of the WebSocket protocol, built in one place."""
 
-from enum import IntEnum
+from typing import Final
 
 from executions.schemas import Methods, WsMessage
 
 
-class CloseCode(IntEnum):
-    """Application close codes; daphne only lets an application send 1000 or 3000-4999."""
+class CloseCode:
+    """Application close codes; daphne only lets an application send 1000 or 3000-4999.
 
-    NORMAL = 1000
-    UNAUTHENTICATED = 4001
-    MESSAGE_TOO_BIG = 4009
+    Plain ints, not an IntEnum: autobahn, under daphne, rejects any close code whose type is
+    not exactly int and closes with 1011 instead.
+    """
+
+    NORMAL: Final = 1000
+    UNAUTHENTICATED: Final = 4001
+    MESSAGE_TOO_BIG: Final = 4009
 
 
 class ErrorText:

@@ -223,6 +223,9 @@ async def test_any_graph_id_up_to_255_characters_works(
 async def test_a_message_over_64_kib_closes_the_connection_with_4009(client: Any) -> None:
     await client.send_to(text_data=json.dumps({"method": "heartbeat", "data": "x" * 65_536}))
 
+    assert await client.receive_from(timeout=5) == error(
+        "Message too big: the limit is 65536 bytes."
+    )
     closed = await client.receive_output(timeout=5)
     assert closed["type"] == "websocket.close"
     assert closed["code"] == 4009
@@ -244,5 +247,6 @@ async def test_the_limit_counts_utf8_bytes_not_characters(client: Any) -> None:
 
     await client.send_to(text_data=frame)
 
+    await client.receive_from(timeout=5)
     closed = await client.receive_output(timeout=5)
     assert closed["code"] == 4009

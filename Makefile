@@ -1,0 +1,54 @@
+# Two entry points for a newcomer: `make run` serves, `make test` proves it works.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# The first interpreter on PATH that is Python 3.12 or newer (Django 6.1 needs it).
+PYTHON ?= $(shell for candidate in python3.14 python3.13 python3.12 python3 python; do \
+	if $$candidate -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then \
+	echo $$candidate; break; fi; done)
+
+# `make run` serves on the embedded defaults: debug mode, SQLite, the in-memory layer, and an
+# ingest token made up for this run unless one is given.
+RUN_INGEST_TOKEN := $(or $(EXECUTIONS_INGEST_TOKEN),$(shell head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'))
+
+.PHONY: help install run test lint format bench-layers clean
+
+help:
+	@echo "make run    set up and serve on http://$(HOST):$(PORT) (SQLite, in-memory layer)"
+	@echo "make test   set up and run lint, type checks and the test suite"
+
+$(BIN)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.12 or newer is needed; none found on PATH." >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	export DJANGO_DEBUG=$${DJANGO_DEBUG:-1} EXECUTIONS_INGEST_TOKEN=$(RUN_INGEST_TOKEN) && \
+	$(BIN)/python manage.py migrate --noinput && \
+	$(BIN)/python manage.py quickstart --base-url http://$(HOST):$(PORT) && \
+	exec $(BIN)/daphne -b $(HOST) -p $(PORT) project.asgi:application
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	DJANGO_DEBUG=1 $(BIN)/mypy .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench-layers: install
+	$(BIN)/python bench/layer_choice.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
