@@ -9,6 +9,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from executions import conf  # noqa: E402
 from executions.auth import websocket_auth_stack  # noqa: E402
@@ -17,9 +19,12 @@ from executions.routing import websocket_urlpatterns  # noqa: E402
 
 limit_daphne_messages(conf.get("EXECUTIONS_MAX_MESSAGE_BYTES"))
 
+# Plain daphne serves no static files; in development the admin and the API docs need them.
+http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_app,
         "websocket": websocket_auth_stack(URLRouter(websocket_urlpatterns)),
     }
 )
