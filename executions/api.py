@@ -69,7 +69,7 @@ async def ingest_executions(
 ) -> Status[dict[str, int]]:
     results = payload if isinstance(payload, list) else [payload]
     accepted = await send_execution_results(results)
-    return Status(202, {"accepted": accepted})
+    return Status(202, {"accepted": len(accepted)})
 
 
 @api.post(

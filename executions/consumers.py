@@ -3,15 +3,17 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from executions import conf, membership
+from executions import conf, history, membership
 from executions.auth import AUTH_ERROR_KEY
 from executions.groups import graph_group_name
+from executions.history import StoredEvent
 from executions.inbound import decode_client_message, subscription_request
 from executions.protocol import (
     CloseCode,
@@ -20,22 +22,39 @@ from executions.protocol import (
     ack_frame,
     error_frame,
     heartbeat_frame,
+    numbered_frame,
 )
-from executions.schemas import EXECUTION_RESULT_EVENT, ClientMessage, Methods
+from executions.schemas import EXECUTION_RESULT_EVENT, ClientMessage, Methods, SubscriptionRequest
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[["ExecutionStreamConsumer", ClientMessage], Awaitable[None]]
 
+# Events read from the database per query while replaying history.
+REPLAY_PAGE_SIZE = 500
+
+
+@dataclass(slots=True)
+class Subscription:
+    """What one connection has been sent of one graph."""
+
+    numbered: bool  # frames carry "seq": the client subscribed with since or snapshot
+    delivered: int  # the last sequence number this connection has been sent
+
 
 class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
-    """One client connection: authenticates, then follows the graphs it subscribes to."""
+    """One client connection: authenticates, then follows the graphs it subscribes to.
 
-    graph_ids: set[str]
+    Each graph's events reach the client once and in sequence order: a number already sent is
+    dropped, and a number past the next one first brings the missing ones from the history
+    (they are committed: numbers are handed out one transaction at a time).
+    """
+
+    subscriptions: dict[str, Subscription]
     _refresher: asyncio.Task[None] | None
 
     async def connect(self) -> None:
-        self.graph_ids = set()
+        self.subscriptions = {}
         self._refresher = None
         await self.accept()
         refusal = self._authentication_refusal()
@@ -46,9 +65,9 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
-        for graph_id in self.graph_ids:
+        for graph_id in self.subscriptions:
             await self._leave(graph_id)
-        self.graph_ids = set()
+        self.subscriptions = {}
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
@@ -74,23 +93,37 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             await super().dispatch(message)
 
     async def execution_result(self, event: dict[str, Any]) -> None:
-        """Forward a published result, already serialized once by the publisher."""
-        await self.send(text_data=event["frame"])
+        """Forward a published event, already serialized once by the publisher."""
+        graph_id, seq = event["graph_id"], event["seq"]
+        subscription = self.subscriptions.get(graph_id)
+        if subscription is None or seq <= subscription.delivered:
+            return
+        if seq > subscription.delivered + 1:
+            missing = await database_sync_to_async(history.events_after)(
+                graph_id, subscription.delivered, seq - subscription.delivered - 1, until=seq - 1
+            )
+            await self._send_events(subscription, missing)
+        await self._send_event(subscription, seq, event["frame"])
 
     async def subscribe(self, message: ClientMessage) -> None:
-        graph_id = subscription_request(message).graph_id
+        request = subscription_request(message)
+        graph_id = request.graph_id
         if not await self._may_subscribe(graph_id):
             logger.info("subscribe refused: user=%s", self.scope["user"].pk)
             raise ProtocolViolation(ErrorText.NOT_ALLOWED, graph_id)
         await self._join(graph_id)
-        self.graph_ids.add(graph_id)
         self._keep_memberships_fresh()
-        await self.send(text_data=ack_frame(Methods.SUBSCRIBE, graph_id))
+        # Read after joining: whatever is published from here on also arrives live.
+        position = await database_sync_to_async(history.position)(graph_id)
+        if not request.numbered:
+            self.subscriptions.setdefault(graph_id, Subscription(False, position.head))
+            await self.send(text_data=ack_frame(Methods.SUBSCRIBE, graph_id))
+            return
+        self.subscriptions[graph_id] = await self._catch_up(request, position)
 
     async def unsubscribe(self, message: ClientMessage) -> None:
         graph_id = subscription_request(message).graph_id
-        if graph_id in self.graph_ids:
-            self.graph_ids.discard(graph_id)
+        if self.subscriptions.pop(graph_id, None) is not None:
             await self._leave(graph_id)
         await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, graph_id))
 
@@ -107,6 +140,45 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         Methods.EXECUTION_EVENT: refuse_server_method,
         Methods.ERROR: refuse_server_method,
     }
+
+    async def _catch_up(
+        self, request: SubscriptionRequest, position: history.StreamPosition
+    ) -> Subscription:
+        """Acknowledge with the head, then send history or the latest state up to the head."""
+        graph_id = request.graph_id
+        truncated = request.since is not None and position.is_truncated_after(request.since)
+        ack = ack_frame(Methods.SUBSCRIBE, graph_id, position.describe(truncated))
+        await self.send(text_data=ack)
+        subscription = Subscription(numbered=True, delivered=0)
+        if request.since is not None:
+            await self._replay(
+                subscription, graph_id, position.replay_start(request.since), position.head
+            )
+        else:
+            state = await database_sync_to_async(history.latest_state)(graph_id, position.head)
+            await self._send_events(subscription, state)
+        subscription.delivered = position.head
+        return subscription
+
+    async def _replay(
+        self, subscription: Subscription, graph_id: str, after: int, until: int
+    ) -> None:
+        while after < until:
+            page = await database_sync_to_async(history.events_after)(
+                graph_id, after, REPLAY_PAGE_SIZE, until=until
+            )
+            if not page:
+                return
+            await self._send_events(subscription, page)
+            after = page[-1].seq
+
+    async def _send_events(self, subscription: Subscription, events: Iterable[StoredEvent]) -> None:
+        for event in events:
+            await self._send_event(subscription, event.seq, event.frame)
+
+    async def _send_event(self, subscription: Subscription, seq: int, frame: str) -> None:
+        await self.send(text_data=numbered_frame(frame, seq) if subscription.numbered else frame)
+        subscription.delivered = seq
 
     async def _close_with_error(self, code: int, reason: str) -> None:
         # daphne drops close reasons, so the reason also travels as an error frame first.
@@ -135,7 +207,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         with contextlib.suppress(asyncio.CancelledError):
             while True:
                 await asyncio.sleep(interval)
-                for graph_id in list(self.graph_ids):
+                for graph_id in list(self.subscriptions):
                     await self._join(graph_id)
 
     async def _join(self, graph_id: str) -> None:

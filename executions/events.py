@@ -1,48 +1,92 @@
-"""Publishing execution results to every subscriber of their graph."""
+"""Publishing execution results: stored with a sequence number, then sent once committed.
 
-from collections.abc import Iterable, Mapping
+Every publish, sync or async, from a view, a task or the ingest endpoint, takes the one path
+here: validate, store in the caller's transaction (or one of its own), and send to the graph's
+subscribers only after that transaction commits, never for one that rolls back.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.db import transaction
 
+from executions import history
 from executions.groups import graph_group_name
-from executions.schemas import EXECUTION_RESULT_EVENT, ExecutionResult, execution_event_frame
+from executions.history import StoredEvent
+from executions.schemas import EXECUTION_RESULT_EVENT, ExecutionResult
 
 ResultLike = ExecutionResult | Mapping[str, Any]
 
 
-def _validated(result: ResultLike) -> ExecutionResult:
-    if isinstance(result, ExecutionResult):
-        return result
-    return ExecutionResult.model_validate(result)
+def _validated(results: Iterable[ResultLike]) -> list[ExecutionResult]:
+    return [
+        result if isinstance(result, ExecutionResult) else ExecutionResult.model_validate(result)
+        for result in results
+    ]
 
 
-def layer_event(result: ExecutionResult) -> dict[str, Any]:
-    """Return the channel-layer message for a result: its frame, serialized once for all."""
-    return {"type": EXECUTION_RESULT_EVENT, "frame": execution_event_frame(result)}
+def layer_event(event: StoredEvent) -> dict[str, Any]:
+    """The channel-layer message for a stored event: its frame, serialized once for all."""
+    return {
+        "type": EXECUTION_RESULT_EVENT,
+        "graph_id": event.graph_id,
+        "seq": event.seq,
+        "frame": event.frame,
+    }
 
 
-async def send_execution_result(result: ResultLike) -> None:
-    """Validate a result and send it to every subscriber of its graph (none is fine)."""
-    validated = _validated(result)
+async def broadcast(events: Sequence[StoredEvent]) -> None:
+    """Send stored events to their graphs' subscribers, in order."""
     layer = get_channel_layer()
-    await layer.group_send(graph_group_name(validated.graph_id), layer_event(validated))
+    for event in events:
+        await layer.group_send(graph_group_name(event.graph_id), layer_event(event))
 
 
-async def send_execution_results(results: Iterable[ResultLike]) -> int:
-    """Validate every result first, then send them in order; return how many were sent."""
-    validated = [_validated(result) for result in results]
-    for result in validated:
-        await send_execution_result(result)
-    return len(validated)
+def _store(results: list[ExecutionResult]) -> tuple[list[StoredEvent], bool]:
+    """Store results; return them and whether sending waits for an enclosing transaction."""
+    stored = history.record(results)
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(partial(async_to_sync(broadcast), stored))
+        return stored, True
+    return stored, False
 
 
-def send_execution_result_sync(result: ResultLike) -> None:
-    """The same as send_execution_result, for views, tasks and other synchronous code."""
-    async_to_sync(send_execution_result)(result)
+async def send_execution_results(results: Iterable[ResultLike]) -> list[int]:
+    """Validate every result first, then store and send them in order; return their numbers."""
+    validated = _validated(results)
+    if not validated:
+        return []
+    stored, deferred = await database_sync_to_async(_store)(validated)
+    if not deferred:
+        await broadcast(stored)
+    return [event.seq for event in stored]
 
 
-def send_execution_results_sync(results: Iterable[ResultLike]) -> int:
-    """The same as send_execution_results, for synchronous code."""
-    return async_to_sync(send_execution_results)(results)
+async def send_execution_result(result: ResultLike) -> int:
+    """Store a result and send it to every subscriber of its graph; return its number."""
+    (seq,) = await send_execution_results([result])
+    return seq
+
+
+def send_execution_results_sync(results: Iterable[ResultLike]) -> list[int]:
+    """The same as send_execution_results, for views, tasks and other synchronous code.
+
+    Inside a transaction, the results are sent when it commits, and never if it rolls back.
+    """
+    validated = _validated(results)
+    if not validated:
+        return []
+    stored, deferred = _store(validated)
+    if not deferred:
+        async_to_sync(broadcast)(stored)
+    return [event.seq for event in stored]
+
+
+def send_execution_result_sync(result: ResultLike) -> int:
+    """The same as send_execution_result, for synchronous code."""
+    (seq,) = send_execution_results_sync([result])
+    return seq

@@ -37,7 +37,7 @@ def subscription_request(message: ClientMessage) -> SubscriptionRequest:
         return SubscriptionRequest.model_validate(message.data)
     except ValidationError as exc:
         field = exc.errors()[0]["loc"][0]
-        error = ErrorText.INVALID_GRAPH_ID if field == "graph_id" else _describe(exc)
+        error = _FIELD_ERRORS.get(str(field), ErrorText.INVALID_GRAPH_ID)
         raise ProtocolViolation(error, _named_graph_id(message.data)) from exc
 
 
@@ -51,7 +51,8 @@ def _named_graph_id(data: Any) -> str | None:
     return None
 
 
-def _describe(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    location = ".".join(str(part) for part in first["loc"])
-    return f"Invalid subscription data: {location}: {first['msg']}."
+_FIELD_ERRORS = {
+    "graph_id": ErrorText.INVALID_GRAPH_ID,
+    "since": ErrorText.INVALID_SINCE,
+    "snapshot": ErrorText.INVALID_SNAPSHOT,
+}

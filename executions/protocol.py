@@ -1,6 +1,6 @@
 """Replies and close codes of the WebSocket protocol, built in one place."""
 
-from typing import Final
+from typing import Any, Final
 
 from executions.schemas import Methods, WsMessage
 
@@ -25,6 +25,8 @@ class ErrorText:
     BINARY = "Binary frames are not supported; send JSON text frames."
     SUBSCRIPTION_DATA_MISSING = "Subscription data missing"
     INVALID_GRAPH_ID = "graph_id must be a non-empty string of at most 255 characters."
+    INVALID_SINCE = "since must be a non-negative integer (a sequence number)."
+    INVALID_SNAPSHOT = "snapshot must be true or false."
     NOT_PROCESSED = "Message type is not processed by the server"
     NOT_ALLOWED = "Not allowed to subscribe to this graph."
     MISSING_TOKEN = "Missing authentication token"
@@ -32,8 +34,13 @@ class ErrorText:
     MESSAGE_TOO_BIG = "Message too big: the limit is {limit} bytes."
 
 
-def ack_frame(method: Methods, channel: str) -> str:
-    return WsMessage(method=method, success=True, channel=channel).model_dump_json()
+def ack_frame(method: Methods, channel: str, data: dict[str, Any] | None = None) -> str:
+    return WsMessage(method=method, data=data, success=True, channel=channel).model_dump_json()
+
+
+def numbered_frame(frame: str, seq: int) -> str:
+    """An event frame with its sequence number appended as the envelope's last key, ``seq``."""
+    return f'{frame[:-1]},"seq":{seq}}}'
 
 
 def heartbeat_frame() -> str:

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 MAX_GRAPH_ID_LENGTH = 255
 
@@ -59,11 +59,21 @@ class WsMessage(BaseModel):
 
 
 class SubscriptionRequest(BaseModel):
-    """The ``data`` of a subscribe or unsubscribe message."""
+    """The ``data`` of a subscribe or unsubscribe message.
+
+    ``since`` resumes after a sequence number; ``snapshot`` first sends the latest result of each
+    node of the graph's most recent execution. Either makes every event frame carry ``seq``.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     graph_id: GraphId
+    since: Annotated[StrictInt, Field(ge=0)] | None = None
+    snapshot: StrictBool = False
+
+    @property
+    def numbered(self) -> bool:
+        return self.since is not None or self.snapshot
 
 
 def execution_event_frame(result: ExecutionResult) -> str:

@@ -32,5 +32,5 @@ class Command(BaseCommand):
         except (ValueError, ValidationError) as exc:
             raise CommandError(f"Invalid execution result: {exc}") from exc
         results = parsed if isinstance(parsed, list) else [parsed]
-        count = send_execution_results_sync(results)
-        self.stdout.write(f"Published {count} execution result(s).")
+        numbers = send_execution_results_sync(results)
+        self.stdout.write(f"Published {len(numbers)} execution result(s).")

@@ -1,0 +1,163 @@
+"""Durable per-graph history: numbering, storing, reading back and pruning published events.
+
+Every function here is synchronous ORM code; async callers go through database_sync_to_async.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import F, Max, Min
+from django.utils import timezone
+
+from executions.models import ExecutionEvent, GraphStream
+from executions.schemas import ExecutionResult, execution_event_frame
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    graph_id: str
+    seq: int
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a graph's retained history starts and ends."""
+
+    head: int  # last sequence number handed out (0: nothing published yet)
+    oldest: int  # first retained sequence number (head + 1 when nothing is retained)
+
+    def is_truncated_after(self, since: int) -> bool:
+        """Whether events after `since` are missing from the retained history.
+
+        A position past the head comes from another history (a reset database), so everything
+        the client holds is in doubt: that is reported as a gap too.
+        """
+        return since < self.oldest - 1 or since > self.head
+
+    def replay_start(self, since: int) -> int:
+        """The sequence number after which a replay for a client at `since` begins."""
+        return since if since <= self.head else self.oldest - 1
+
+    def describe(self, truncated: bool) -> dict[str, int | bool]:
+        return {"head": self.head, "oldest": self.oldest, "truncated": truncated}
+
+
+def record(results: Sequence[ExecutionResult]) -> list[StoredEvent]:
+    """Number and store results, in order, inside the caller's transaction (or a new one)."""
+    stored: list[StoredEvent] = []
+    with transaction.atomic():
+        for graph_id, group in _by_graph_in_order(results):
+            first = _reserve(graph_id, len(group))
+            events = [
+                ExecutionEvent(
+                    graph_id=graph_id,
+                    seq=first + offset,
+                    graph_exec_id=result.graph_exec_id,
+                    node_id=result.node_id,
+                    status=result.status.value,
+                    frame=execution_event_frame(result),
+                )
+                for offset, result in enumerate(group)
+            ]
+            ExecutionEvent.objects.bulk_create(events)
+            stored.extend(StoredEvent(graph_id, event.seq, event.frame) for event in events)
+    return stored
+
+
+def _by_graph_in_order(
+    results: Sequence[ExecutionResult],
+) -> list[tuple[str, list[ExecutionResult]]]:
+    groups: dict[str, list[ExecutionResult]] = {}
+    for result in results:
+        groups.setdefault(result.graph_id, []).append(result)
+    # A fixed lock order: two publishers of the same graphs can never deadlock each other.
+    return sorted(groups.items())
+
+
+def _reserve(graph_id: str, count: int) -> int:
+    """Reserve `count` consecutive sequence numbers of a graph; return the first."""
+    GraphStream.objects.get_or_create(graph_id=graph_id)
+    # The UPDATE locks the row until commit: other publishers of this graph wait here.
+    GraphStream.objects.filter(pk=graph_id).update(head=F("head") + count)
+    head = GraphStream.objects.filter(pk=graph_id).values_list("head", flat=True).get()
+    return head - count + 1
+
+
+def position(graph_id: str) -> StreamPosition:
+    head = GraphStream.objects.filter(pk=graph_id).values_list("head", flat=True).first() or 0
+    oldest = ExecutionEvent.objects.filter(graph_id=graph_id).aggregate(oldest=Min("seq"))
+    return StreamPosition(head=head, oldest=oldest["oldest"] or head + 1)
+
+
+def events_after(
+    graph_id: str, since: int, limit: int, until: int | None = None
+) -> list[StoredEvent]:
+    """Retained events of a graph with since < seq (<= until), oldest first, at most `limit`."""
+    events = ExecutionEvent.objects.filter(graph_id=graph_id, seq__gt=since)
+    if until is not None:
+        events = events.filter(seq__lte=until)
+    rows = events.order_by("seq").values_list("seq", "frame")[:limit]
+    return [StoredEvent(graph_id, seq, frame) for seq, frame in rows]
+
+
+def latest_state(graph_id: str, until: int) -> list[StoredEvent]:
+    """The latest event of every node of the graph's most recent execution, in seq order.
+
+    Only events numbered up to `until` count, so the state matches a known head.
+    """
+    newest = (
+        ExecutionEvent.objects.filter(graph_id=graph_id, seq__lte=until)
+        .order_by("-seq")
+        .values_list("graph_exec_id", flat=True)
+        .first()
+    )
+    if newest is None:
+        return []
+    of_execution = ExecutionEvent.objects.filter(
+        graph_id=graph_id, graph_exec_id=newest, seq__lte=until
+    )
+    latest_per_node = of_execution.values("node_id").annotate(latest=Max("seq")).values("latest")
+    rows = of_execution.filter(seq__in=latest_per_node).order_by("seq").values_list("seq", "frame")
+    return [StoredEvent(graph_id, seq, frame) for seq, frame in rows]
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    graphs: int
+    deleted: int
+
+
+def prune(max_events: int | None, max_age: timedelta | None, batch_size: int = 5000) -> PruneReport:
+    """Delete what is beyond each graph's last `max_events` events or older than `max_age`.
+
+    Only ever a graph's oldest events go, so what is retained stays one contiguous range. Deletes
+    in small batches, each its own transaction, and never touches the GraphStream rows that
+    publishers lock, so publishing goes on while it runs.
+    """
+    deleted = 0
+    graphs = 0
+    cutoff = timezone.now() - max_age if max_age is not None else None
+    for graph_id, head in GraphStream.objects.values_list("graph_id", "head").iterator():
+        graphs += 1
+        keep_from = head - max_events + 1 if max_events is not None else 1
+        if cutoff is not None:
+            too_old = ExecutionEvent.objects.filter(graph_id=graph_id, created_at__lt=cutoff)
+            newest_too_old = too_old.aggregate(newest=Max("seq"))["newest"]
+            if newest_too_old is not None:
+                keep_from = max(keep_from, newest_too_old + 1)
+        deleted += _delete_before(graph_id, keep_from, batch_size)
+    return PruneReport(graphs=graphs, deleted=deleted)
+
+
+def _delete_before(graph_id: str, keep_from: int, batch_size: int) -> int:
+    deleted = 0
+    while True:
+        expired = ExecutionEvent.objects.filter(graph_id=graph_id, seq__lt=keep_from)
+        batch = list(expired.order_by("seq").values_list("pk", flat=True)[:batch_size])
+        if not batch:
+            return deleted
+        with transaction.atomic():
+            deleted += ExecutionEvent.objects.filter(pk__in=batch).delete()[0]
