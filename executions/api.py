@@ -6,14 +6,16 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.utils.crypto import constant_time_compare
-from ninja import NinjaAPI, Schema, Status
+from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, django_auth
+from pydantic import Field
 
-from executions import conf
+from executions import conf, history
 from executions.events import send_execution_results
-from executions.schemas import ExecutionResult
-from executions.tokens import mint_token
+from executions.exceptions import ExecutionsError
+from executions.schemas import MAX_GRAPH_ID_LENGTH, ExecutionResult
+from executions.tokens import mint_token, user_for_token
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,16 @@ class IngestToken(HttpBearer):
         if not expected:
             raise IngestDisabled
         return True if token and constant_time_compare(token, expected) else None
+
+
+class UserToken(HttpBearer):
+    """``Authorization: Bearer <token>`` with a token from ws_token or POST /api/ws-token."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:
+        try:
+            return user_for_token(token)
+        except ExecutionsError:
+            return None
 
 
 class Accepted(Schema):
@@ -81,6 +93,49 @@ async def ingest_executions(
 def create_ws_token(request: HttpRequest) -> dict[str, Any]:
     issued = mint_token(request.user)  # type: ignore[arg-type]
     return {"token": issued.token, "expires_at": issued.expires_at}
+
+
+class HistoryEvent(Schema):
+    seq: int
+    result: dict[str, Any]
+
+
+class HistoryPage(Schema):
+    graph_id: str
+    head: int
+    oldest: int
+    truncated: bool
+    next_since: int
+    events: list[HistoryEvent]
+
+
+class HistoryQuery(Schema):
+    since: int = Field(0, ge=0, description="Return events numbered after this one.")
+    limit: int = Field(100, ge=1, le=1000, description="At most this many events.")
+
+
+@api.get(
+    "/graphs/{path:graph_id}/executions",
+    auth=[django_auth, UserToken()],
+    response={200: HistoryPage, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody},
+    summary="Read a graph's stored execution events, oldest first",
+)
+def graph_history(
+    request: HttpRequest, graph_id: str, query: Query[HistoryQuery]
+) -> dict[str, Any] | Status[dict[str, str]]:
+    user = request.auth  # type: ignore[attr-defined]
+    if len(graph_id) > MAX_GRAPH_ID_LENGTH or not conf.subscribe_policy()(user, graph_id):
+        return Status(403, {"error": "Not allowed to read this graph."})
+    position = history.position(graph_id)
+    events = history.events_after(graph_id, query.since, query.limit)
+    return {
+        "graph_id": graph_id,
+        "head": position.head,
+        "oldest": position.oldest,
+        "truncated": position.is_truncated_after(query.since),
+        "next_since": events[-1].seq if events else query.since,
+        "events": [{"seq": event.seq, "result": event.result()} for event in events],
+    }
 
 
 @api.exception_handler(ValidationError)

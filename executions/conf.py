@@ -21,6 +21,9 @@ DEFAULTS: dict[str, Any] = {
     # How many group_add / group_discard calls one process runs at once; bounds the Redis
     # connections a burst of connects or disconnects takes from the pool.
     "EXECUTIONS_MEMBERSHIP_CONCURRENCY": 32,
+    # Retention: the last N events of each graph, and none older than D days (None: no limit).
+    "EXECUTIONS_HISTORY_MAX_EVENTS": 10_000,
+    "EXECUTIONS_HISTORY_MAX_AGE_DAYS": 30,
 }
 
 

@@ -3,9 +3,11 @@
 Every function here is synchronous ORM code; async callers go through database_sync_to_async.
 """
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.db import transaction
 from django.db.models import F, Max, Min
@@ -20,6 +22,11 @@ class StoredEvent:
     graph_id: str
     seq: int
     frame: str
+
+    def result(self) -> dict[str, Any]:
+        """The execution result, as JSON data, that the frame carries."""
+        data: dict[str, Any] = json.loads(self.frame)["data"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,35 +53,37 @@ class StreamPosition:
 
 
 def record(results: Sequence[ExecutionResult]) -> list[StoredEvent]:
-    """Number and store results, in order, inside the caller's transaction (or a new one)."""
-    stored: list[StoredEvent] = []
+    """Number and store results inside the caller's transaction (or a new one).
+
+    Returns the stored events in the order of `results`; each graph's numbers follow that order.
+    """
+    stored: dict[int, StoredEvent] = {}
     with transaction.atomic():
-        for graph_id, group in _by_graph_in_order(results):
-            first = _reserve(graph_id, len(group))
+        for graph_id, positions in _positions_by_graph(results):
+            first = _reserve(graph_id, len(positions))
             events = [
                 ExecutionEvent(
                     graph_id=graph_id,
                     seq=first + offset,
-                    graph_exec_id=result.graph_exec_id,
-                    node_id=result.node_id,
-                    status=result.status.value,
-                    frame=execution_event_frame(result),
+                    graph_exec_id=results[index].graph_exec_id,
+                    node_id=results[index].node_id,
+                    status=results[index].status.value,
+                    frame=execution_event_frame(results[index]),
                 )
-                for offset, result in enumerate(group)
+                for offset, index in enumerate(positions)
             ]
             ExecutionEvent.objects.bulk_create(events)
-            stored.extend(StoredEvent(graph_id, event.seq, event.frame) for event in events)
-    return stored
+            for index, event in zip(positions, events, strict=True):
+                stored[index] = StoredEvent(graph_id, event.seq, event.frame)
+    return [stored[index] for index in range(len(results))]
 
 
-def _by_graph_in_order(
-    results: Sequence[ExecutionResult],
-) -> list[tuple[str, list[ExecutionResult]]]:
-    groups: dict[str, list[ExecutionResult]] = {}
-    for result in results:
-        groups.setdefault(result.graph_id, []).append(result)
+def _positions_by_graph(results: Sequence[ExecutionResult]) -> list[tuple[str, list[int]]]:
+    positions: dict[str, list[int]] = {}
+    for index, result in enumerate(results):
+        positions.setdefault(result.graph_id, []).append(index)
     # A fixed lock order: two publishers of the same graphs can never deadlock each other.
-    return sorted(groups.items())
+    return sorted(positions.items())
 
 
 def _reserve(graph_id: str, count: int) -> int:

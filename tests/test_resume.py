@@ -254,11 +254,12 @@ async def test_a_rolled_back_transaction_publishes_nothing(connect: Any, alice_t
     await subscribe(client, "test_graph")
 
     def publish_then_fail() -> None:
-        with pytest.raises(RuntimeError), transaction.atomic():
+        with transaction.atomic():
             send_execution_result_sync(numbered("doomed"))
             raise RuntimeError("the work failed")
 
-    await sync_to_async(publish_then_fail)()
+    with pytest.raises(RuntimeError, match="the work failed"):
+        await sync_to_async(publish_then_fail)()
 
     assert await client.receive_nothing(timeout=0.3)
     assert await sync_to_async(ExecutionEvent.objects.count)() == 0
