@@ -44,8 +44,19 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The database-facing tests run again on PostgreSQL when it answers here.
+POSTGRES_TEST_URL ?= postgres://postgres@127.0.0.1:5432/executions
+POSTGRES_SUITES := tests/test_history.py tests/test_resume.py tests/test_connection_manager.py \
+	tests/test_authentication.py tests/test_ingest_api.py
+
 test: lint
 	$(BIN)/python -m pytest
+	@if $(BIN)/python -c 'import psycopg, sys; psycopg.connect(sys.argv[1], dbname="postgres", connect_timeout=3).close()' \
+		"$(POSTGRES_TEST_URL)" >/dev/null 2>&1; then \
+		echo "Again on PostgreSQL ($(POSTGRES_TEST_URL)):"; \
+		DATABASE_URL="$(POSTGRES_TEST_URL)" $(BIN)/python -m pytest $(POSTGRES_SUITES); \
+	elif [ -n "$$CI" ]; then echo "PostgreSQL does not answer at $(POSTGRES_TEST_URL)." >&2; exit 1; \
+	else echo "PostgreSQL does not answer at $(POSTGRES_TEST_URL): its run is skipped."; fi
 
 bench-layers: install
 	$(BIN)/python bench/layer_choice.py
