@@ -1,0 +1,37 @@
+"""Prometheus metrics of this process, served at /metrics."""
+
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+CONNECTIONS = Gauge("executions_connections", "Open, authenticated WebSocket connections.")
+SUBSCRIPTIONS = Gauge("executions_subscriptions", "Graph subscriptions of open connections.")
+EVENTS_PUBLISHED = Counter(
+    "executions_events_published", "Execution results stored and sent to the channel layer."
+)
+FRAMES_DELIVERED = Counter(
+    "executions_frames_delivered", "Event frames handed to WebSocket connections."
+)
+ERROR_FRAMES = Counter(
+    "executions_error_frames", "Error frames sent to clients, by kind.", ["kind"]
+)
+AUTH_FAILURES = Counter(
+    "executions_auth_failures", "Connections refused for authentication, by reason.", ["reason"]
+)
+SLOW_CONSUMER_DISCONNECTS = Counter(
+    "executions_slow_consumer_disconnects", "Connections closed for falling behind the stream."
+)
+LAYER_FAILURES = Counter(
+    "executions_layer_failures",
+    "Channel-layer operations that failed, by operation.",
+    ["operation"],
+)
+PUBLISH_TO_SEND_SECONDS = Histogram(
+    "executions_publish_to_send_seconds",
+    "Time from a result's publication to its frame being handed to a connection.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Expose this process's metrics in Prometheus' text format."""
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
