@@ -13,7 +13,7 @@ from pydantic import Field
 
 from executions import conf, history
 from executions.events import send_execution_results
-from executions.exceptions import ExecutionsError
+from executions.exceptions import ExecutionsError, PublishNotDelivered
 from executions.schemas import MAX_GRAPH_ID_LENGTH, ExecutionResult
 from executions.tokens import mint_token, user_for_token
 
@@ -153,6 +153,15 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 @api.exception_handler(AuthenticationError)
 def unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
     return api.create_response(request, {"error": "Missing or invalid credentials."}, status=401)
+
+
+@api.exception_handler(PublishNotDelivered)
+def layer_down(request: HttpRequest, exc: PublishNotDelivered) -> HttpResponse:
+    body = {
+        "error": str(exc),
+        "stored": [{"graph_id": event.graph_id, "seq": event.seq} for event in exc.undelivered],
+    }
+    return api.create_response(request, body, status=503)
 
 
 @api.exception_handler(IngestDisabled)

@@ -21,6 +21,12 @@ DEFAULTS: dict[str, Any] = {
     # How many group_add / group_discard calls one process runs at once; bounds the Redis
     # connections a burst of connects or disconnects takes from the pool.
     "EXECUTIONS_MEMBERSHIP_CONCURRENCY": 32,
+    # Limits: each crossing gets an error frame or a close with a named code (see protocol.py).
+    "EXECUTIONS_MAX_SUBSCRIPTIONS_PER_CONNECTION": 100,
+    "EXECUTIONS_MESSAGES_PER_SECOND": 20,
+    "EXECUTIONS_MESSAGE_BURST": 40,
+    "EXECUTIONS_MAX_CONNECTIONS_PER_USER": 100,
+    "EXECUTIONS_MAX_CONNECTIONS": 10_000,
     # Retention: the last N events of each graph, and none older than D days (None: no limit).
     "EXECUTIONS_HISTORY_MAX_EVENTS": 10_000,
     "EXECUTIONS_HISTORY_MAX_AGE_DAYS": 30,

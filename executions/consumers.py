@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -10,11 +11,12 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from executions import conf, history, membership
+from executions import conf, history, membership, metrics
 from executions.auth import AUTH_ERROR_KEY
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
 from executions.inbound import decode_client_message, subscription_request
+from executions.limits import TokenBucket, open_connections
 from executions.protocol import (
     CloseCode,
     ErrorText,
@@ -27,6 +29,12 @@ from executions.protocol import (
 from executions.schemas import EXECUTION_RESULT_EVENT, ClientMessage, Methods, SubscriptionRequest
 
 logger = logging.getLogger(__name__)
+
+
+def _utf8_length_over(text: str, limit: int) -> bool:
+    # A character takes at most 4 bytes: short texts need no encoding to be measured.
+    return len(text) * 4 > limit and len(text.encode("utf-8", "replace")) > limit
+
 
 Handler = Callable[["ExecutionStreamConsumer", ClientMessage], Awaitable[None]]
 
@@ -52,36 +60,55 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     subscriptions: dict[str, Subscription]
     _refresher: asyncio.Task[None] | None
+    _counted_user: object | None
 
     async def connect(self) -> None:
         self.subscriptions = {}
         self._refresher = None
+        self._counted_user = None
+        self._messages = TokenBucket(
+            conf.get("EXECUTIONS_MESSAGES_PER_SECOND"), conf.get("EXECUTIONS_MESSAGE_BURST")
+        )
+        # Refused messages drain this one; once it is empty the client is closed.
+        self._patience = TokenBucket(1, conf.get("EXECUTIONS_MESSAGE_BURST"))
         await self.accept()
         refusal = self._authentication_refusal()
         if refusal:
-            logger.info("websocket refused: %s", refusal)
+            metrics.AUTH_FAILURES.labels(refusal).inc()
+            self._log("websocket.auth_failure", reason=refusal)
             await self._close_with_error(CloseCode.UNAUTHENTICATED, refusal)
+            return
+        await self._admit(self.scope["user"].pk)
 
     async def disconnect(self, code: int) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
         for graph_id in self.subscriptions:
             await self._leave(graph_id)
+        metrics.SUBSCRIPTIONS.dec(len(self.subscriptions))
         self.subscriptions = {}
+        if self._counted_user is not None:
+            open_connections.release(self._counted_user)
+            metrics.CONNECTIONS.dec()
+            self._log("websocket.disconnect", code=code)
+            self._counted_user = None
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if text_data is None:
-            await self.send(text_data=error_frame(ErrorText.BINARY))
+        if not self._messages.take():
+            await self._refuse_over_rate()
             return
         limit = conf.get("EXECUTIONS_MAX_MESSAGE_BYTES")
-        if len(text_data) * 4 > limit and len(text_data.encode("utf-8", "replace")) > limit:
+        if text_data is not None and _utf8_length_over(text_data, limit):
             reason = ErrorText.MESSAGE_TOO_BIG.format(limit=limit)
             await self._close_with_error(CloseCode.MESSAGE_TOO_BIG, reason)
             return
         try:
+            if text_data is None:
+                raise ProtocolViolation("binary", ErrorText.BINARY)
             message = decode_client_message(text_data)
             await self.handlers[message.method](self, message)
         except ProtocolViolation as violation:
+            metrics.ERROR_FRAMES.labels(violation.kind).inc()
             await self.send(text_data=violation.frame())
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -104,13 +131,21 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             )
             await self._send_events(subscription, missing)
         await self._send_event(subscription, seq, event["frame"])
+        if "published_at" in event:
+            metrics.PUBLISH_TO_SEND_SECONDS.observe(time.time() - event["published_at"])
 
     async def subscribe(self, message: ClientMessage) -> None:
         request = subscription_request(message)
         graph_id = request.graph_id
         if not await self._may_subscribe(graph_id):
-            logger.info("subscribe refused: user=%s", self.scope["user"].pk)
-            raise ProtocolViolation(ErrorText.NOT_ALLOWED, graph_id)
+            self._log("websocket.subscribe_refused")
+            raise ProtocolViolation("not_allowed", ErrorText.NOT_ALLOWED, graph_id)
+        limit = conf.get("EXECUTIONS_MAX_SUBSCRIPTIONS_PER_CONNECTION")
+        if graph_id not in self.subscriptions and len(self.subscriptions) >= limit:
+            error = ErrorText.TOO_MANY_SUBSCRIPTIONS.format(limit=limit)
+            raise ProtocolViolation("subscription_limit", error, graph_id)
+        if graph_id not in self.subscriptions:
+            metrics.SUBSCRIPTIONS.inc()
         await self._join(graph_id)
         self._keep_memberships_fresh()
         # Read after joining: whatever is published from here on also arrives live.
@@ -124,6 +159,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     async def unsubscribe(self, message: ClientMessage) -> None:
         graph_id = subscription_request(message).graph_id
         if self.subscriptions.pop(graph_id, None) is not None:
+            metrics.SUBSCRIPTIONS.dec()
             await self._leave(graph_id)
         await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, graph_id))
 
@@ -131,7 +167,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         await self.send(text_data=heartbeat_frame())
 
     async def refuse_server_method(self, message: ClientMessage) -> None:
-        raise ProtocolViolation(ErrorText.NOT_PROCESSED)
+        raise ProtocolViolation("not_processed", ErrorText.NOT_PROCESSED)
 
     handlers: dict[Methods, Handler] = {
         Methods.SUBSCRIBE: subscribe,
@@ -179,6 +215,51 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     async def _send_event(self, subscription: Subscription, seq: int, frame: str) -> None:
         await self.send(text_data=numbered_frame(frame, seq) if subscription.numbered else frame)
         subscription.delivered = seq
+        metrics.FRAMES_DELIVERED.inc()
+
+    async def _admit(self, user_key: object) -> None:
+        """Count the connection in, or close it when a connection limit is reached."""
+        over = open_connections.admit(
+            user_key,
+            max_total=conf.get("EXECUTIONS_MAX_CONNECTIONS"),
+            max_per_user=conf.get("EXECUTIONS_MAX_CONNECTIONS_PER_USER"),
+        )
+        if over == "process":
+            await self._close_with_error(CloseCode.SERVER_FULL, ErrorText.SERVER_FULL)
+        elif over == "user":
+            limit = conf.get("EXECUTIONS_MAX_CONNECTIONS_PER_USER")
+            reason = ErrorText.TOO_MANY_CONNECTIONS.format(limit=limit)
+            await self._close_with_error(CloseCode.TOO_MANY_CONNECTIONS, reason)
+        else:
+            self._counted_user = user_key
+            metrics.CONNECTIONS.inc()
+            self._log("websocket.connect")
+        if over is not None:
+            self._log("websocket.connection_limit", limit=over)
+
+    async def _refuse_over_rate(self) -> None:
+        if self._patience.take():
+            metrics.ERROR_FRAMES.labels("rate_limited").inc()
+            rate = conf.get("EXECUTIONS_MESSAGES_PER_SECOND")
+            await self.send(text_data=error_frame(ErrorText.RATE_LIMITED.format(rate=rate)))
+        else:
+            self._log("websocket.rate_limit_abuse")
+            await self._close_with_error(CloseCode.RATE_LIMITED, ErrorText.RATE_LIMIT_ABUSED)
+
+    def _log(self, event: str, **fields: object) -> None:
+        """One structured log line about this connection; never anything of its credentials."""
+        user = self.scope.get("user")
+        client = self.scope.get("client") or (None, None)
+        logger.info(
+            event,
+            extra={
+                "event": event,
+                "user_id": getattr(user, "pk", None),
+                "client": client[0],
+                "channel": self.channel_name,
+                **fields,
+            },
+        )
 
     async def _close_with_error(self, code: int, reason: str) -> None:
         # daphne drops close reasons, so the reason also travels as an error frame first.

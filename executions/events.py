@@ -5,6 +5,7 @@ here: validate, store in the caller's transaction (or one of its own), and send 
 subscribers only after that transaction commits, never for one that rolls back.
 """
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -14,7 +15,8 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from executions import history
+from executions import history, metrics
+from executions.exceptions import PublishNotDelivered
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
 from executions.schemas import EXECUTION_RESULT_EVENT, ExecutionResult
@@ -36,14 +38,24 @@ def layer_event(event: StoredEvent) -> dict[str, Any]:
         "graph_id": event.graph_id,
         "seq": event.seq,
         "frame": event.frame,
+        "published_at": time.time(),
     }
 
 
 async def broadcast(events: Sequence[StoredEvent]) -> None:
-    """Send stored events to their graphs' subscribers, in order."""
+    """Send stored events to their graphs' subscribers, in order.
+
+    Raises PublishNotDelivered when the channel layer fails: the events are stored, and reach
+    subscribers that resume with ``since``, but not the live stream.
+    """
     layer = get_channel_layer()
-    for event in events:
-        await layer.group_send(graph_group_name(event.graph_id), layer_event(event))
+    for sent, event in enumerate(events):
+        try:
+            await layer.group_send(graph_group_name(event.graph_id), layer_event(event))
+        except Exception as exc:
+            metrics.LAYER_FAILURES.labels("group_send").inc()
+            raise PublishNotDelivered(events[sent:]) from exc
+        metrics.EVENTS_PUBLISHED.inc()
 
 
 def _store(results: list[ExecutionResult]) -> tuple[list[StoredEvent], bool]:

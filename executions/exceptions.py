@@ -1,5 +1,8 @@
 """Named failures of the app, each with a message that says what to do."""
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class ExecutionsError(Exception):
     """Base class of the app's own errors."""
@@ -20,4 +23,14 @@ class TokenExpired(ExecutionsError):
 
 
 class PublishNotDelivered(ExecutionsError):
-    """A publish could not reach any subscriber from this process."""
+    """Results were stored, but the channel layer failed to send them to live subscribers."""
+
+    def __init__(self, undelivered: Sequence[Any]) -> None:
+        self.undelivered = list(undelivered)
+        numbers = ", ".join(f"{event.graph_id}#{event.seq}" for event in self.undelivered[:5])
+        more = "" if len(self.undelivered) <= 5 else f" and {len(self.undelivered) - 5} more"
+        super().__init__(
+            f"The channel layer did not take {numbers}{more}: they are stored, and reach "
+            "subscribers that resume with since, but not the live stream. Do not publish them "
+            "again; check the channel layer (Redis)."
+        )

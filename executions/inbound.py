@@ -14,16 +14,17 @@ def decode_client_message(text: str) -> ClientMessage:
     try:
         payload = json.loads(text)
     except (ValueError, RecursionError) as exc:  # also: huge integers, absurd nesting
-        raise ProtocolViolation(ErrorText.NOT_JSON) from exc
+        raise ProtocolViolation("not_json", ErrorText.NOT_JSON) from exc
     if not isinstance(payload, dict):
-        raise ProtocolViolation(ErrorText.NOT_OBJECT)
+        raise ProtocolViolation("not_object", ErrorText.NOT_OBJECT)
     try:
         return ClientMessage.model_validate(payload)
     except ValidationError as exc:
         field = exc.errors()[0]["loc"][0]
         if field == "method":
-            raise ProtocolViolation(ErrorText.UNKNOWN_METHOD) from exc
+            raise ProtocolViolation("unknown_method", ErrorText.UNKNOWN_METHOD) from exc
         raise ProtocolViolation(
+            "invalid_data",
             "data must be an object, an array, a string or null.",
             _named_graph_id(payload.get("data")),
         ) from exc
@@ -32,13 +33,15 @@ def decode_client_message(text: str) -> ClientMessage:
 def subscription_request(message: ClientMessage) -> SubscriptionRequest:
     """Validate the data of a subscribe or unsubscribe message."""
     if not message.data or not isinstance(message.data, dict) or "graph_id" not in message.data:
-        raise ProtocolViolation(ErrorText.SUBSCRIPTION_DATA_MISSING)
+        raise ProtocolViolation("subscription_data_missing", ErrorText.SUBSCRIPTION_DATA_MISSING)
     try:
         return SubscriptionRequest.model_validate(message.data)
     except ValidationError as exc:
         field = exc.errors()[0]["loc"][0]
         error = _FIELD_ERRORS.get(str(field), ErrorText.INVALID_GRAPH_ID)
-        raise ProtocolViolation(error, _named_graph_id(message.data)) from exc
+        raise ProtocolViolation(
+            "invalid_subscription", error, _named_graph_id(message.data)
+        ) from exc
 
 
 def _named_graph_id(data: Any) -> str | None:

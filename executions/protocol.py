@@ -14,7 +14,11 @@ class CloseCode:
 
     NORMAL: Final = 1000
     UNAUTHENTICATED: Final = 4001
+    SLOW_CONSUMER: Final = 4008
     MESSAGE_TOO_BIG: Final = 4009
+    SERVER_FULL: Final = 4013
+    RATE_LIMITED: Final = 4029
+    TOO_MANY_CONNECTIONS: Final = 4030
 
 
 class ErrorText:
@@ -32,6 +36,13 @@ class ErrorText:
     MISSING_TOKEN = "Missing authentication token"
     UNKNOWN_METHOD = "Unknown method; expected one of: subscribe, unsubscribe, heartbeat."
     MESSAGE_TOO_BIG = "Message too big: the limit is {limit} bytes."
+    TOO_MANY_SUBSCRIPTIONS = (
+        "Too many subscriptions: at most {limit} per connection; unsubscribe from one first."
+    )
+    RATE_LIMITED = "Too many messages: at most {rate} a second; this one was ignored."
+    RATE_LIMIT_ABUSED = "Rate limit exceeded again and again: closing."
+    TOO_MANY_CONNECTIONS = "Too many connections for this user: at most {limit}."
+    SERVER_FULL = "This server is at its connection limit; try again later."
 
 
 def ack_frame(method: Methods, channel: str, data: dict[str, Any] | None = None) -> str:
@@ -56,8 +67,9 @@ def error_frame(error: str, channel: str | None = None) -> str:
 class ProtocolViolation(Exception):
     """A client frame the server cannot act on; answered with an error frame."""
 
-    def __init__(self, error: str, channel: str | None = None) -> None:
+    def __init__(self, kind: str, error: str, channel: str | None = None) -> None:
         super().__init__(error)
+        self.kind = kind  # a short name for metrics: "not_json", "not_allowed", ...
         self.error = error
         self.channel = channel
 
