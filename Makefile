@@ -14,11 +14,12 @@ PYTHON ?= $(shell for candidate in python3.14 python3.13 python3.12 python3 pyth
 # ingest token made up for this run unless one is given.
 RUN_INGEST_TOKEN := $(or $(EXECUTIONS_INGEST_TOKEN),$(shell head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'))
 
-.PHONY: help install run test lint format bench-layers clean
+.PHONY: help install run test lint format bench bench-layers clean
 
 help:
 	@echo "make run    set up and serve on http://$(HOST):$(PORT) (SQLite, in-memory layer)"
 	@echo "make test   set up and run lint, type checks and the test suite"
+	@echo "make bench  run the benchmarks against the FastAPI and websockets baselines"
 
 $(BIN)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.12 or newer is needed; none found on PATH." >&2; exit 1; }
@@ -57,6 +58,13 @@ test: lint
 		DATABASE_URL="$(POSTGRES_TEST_URL)" $(BIN)/python -m pytest $(POSTGRES_SUITES); \
 	elif [ -n "$$CI" ]; then echo "PostgreSQL does not answer at $(POSTGRES_TEST_URL)." >&2; exit 1; \
 	else echo "PostgreSQL does not answer at $(POSTGRES_TEST_URL): its run is skipped."; fi
+
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	@touch $@
+
+bench: $(BIN)/.bench-installed
+	$(BIN)/python bench/run.py
 
 bench-layers: install
 	$(BIN)/python bench/layer_choice.py
