@@ -1,4 +1,4 @@
-"""The WebSocket endpoint: subscriptions per graph on the channel layer."""
+"""The WebSocket endpoint: subscriptions per graph, fed by the process's fan-out."""
 
 import asyncio
 import contextlib
@@ -9,14 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
 
-from executions import conf, history, membership, metrics
+from executions import conf, history, metrics
 from executions.auth import AUTH_ERROR_KEY
-from executions.groups import graph_group_name
+from executions.fanout import local_fanout
 from executions.history import StoredEvent
 from executions.inbound import decode_client_message, subscription_request
 from executions.limits import TokenBucket, open_connections
+from executions.outbox import Backlog, innermost_send, watch_transport
 from executions.protocol import (
     CloseCode,
     ErrorText,
@@ -26,7 +29,7 @@ from executions.protocol import (
     heartbeat_frame,
     numbered_frame,
 )
-from executions.schemas import EXECUTION_RESULT_EVENT, ClientMessage, Methods, SubscriptionRequest
+from executions.schemas import ClientMessage, Methods, SubscriptionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ Handler = Callable[["ExecutionStreamConsumer", ClientMessage], Awaitable[None]]
 
 # Events read from the database per query while replaying history.
 REPLAY_PAGE_SIZE = 500
+# While the transport is full, how often to look again at the backlog and the client.
+STALL_POLL_SECONDS = 0.25
 
 
 @dataclass(slots=True)
@@ -59,12 +64,50 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     """
 
     subscriptions: dict[str, Subscription]
-    _refresher: asyncio.Task[None] | None
     _counted_user: object | None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # Instead of channels' loop (a layer channel per connection, a task per message), the
+        # connection reads its client and the backlog the process's fan-out fills.
+        self.scope = scope
+        self.channel_layer = get_channel_layer()
+        self.channel_name = f"connection.{id(self):x}"
+        self.base_send = send
+        self._server_send = innermost_send(send)
+        self._pressure = watch_transport(send)
+        self.backlog = Backlog(conf.get("EXECUTIONS_MAX_BACKLOG_BYTES"))
+        self._closing = False
+        with contextlib.suppress(StopConsumer):
+            await self._serve(receive)
+
+    async def _serve(self, receive: Any) -> None:
+        incoming: asyncio.Future[Any] = asyncio.ensure_future(receive())
+        try:
+            while True:
+                if incoming.done():
+                    message = incoming.result()
+                    incoming = asyncio.ensure_future(receive())
+                    await self.dispatch(message)
+                elif self._closing:
+                    await asyncio.wait((incoming,))
+                elif self.backlog.overflowed:
+                    await self._close_slow_consumer()
+                elif self.backlog and self._writable():
+                    await self.execution_result(self.backlog.pop())
+                elif self.backlog:
+                    await self._wait_until_writable(incoming)
+                else:
+                    await self.backlog.wait(incoming)
+        finally:
+            incoming.cancel()
+
+    def enqueue(self, event: dict[str, Any]) -> None:
+        """Take an event from the fan-out; never blocks, whatever the client's pace."""
+        if not self._closing:
+            self.backlog.put(event)
 
     async def connect(self) -> None:
         self.subscriptions = {}
-        self._refresher = None
         self._counted_user = None
         self._messages = TokenBucket(
             conf.get("EXECUTIONS_MESSAGES_PER_SECOND"), conf.get("EXECUTIONS_MESSAGE_BURST")
@@ -81,12 +124,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         await self._admit(self.scope["user"].pk)
 
     async def disconnect(self, code: int) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-        for graph_id in self.subscriptions:
-            await self._leave(graph_id)
-        metrics.SUBSCRIPTIONS.dec(len(self.subscriptions))
-        self.subscriptions = {}
+        await self._drop_subscriptions()
         if self._counted_user is not None:
             open_connections.release(self._counted_user)
             metrics.CONNECTIONS.dec()
@@ -110,14 +148,6 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         except ProtocolViolation as violation:
             metrics.ERROR_FRAMES.labels(violation.kind).inc()
             await self.send(text_data=violation.frame())
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # The hot path touches no database: skip the per-message thread hop that channels'
-        # dispatch makes to close stale database connections.
-        if message["type"] == EXECUTION_RESULT_EVENT:
-            await self.execution_result(message)
-        else:
-            await super().dispatch(message)
 
     async def execution_result(self, event: dict[str, Any]) -> None:
         """Forward a published event, already serialized once by the publisher."""
@@ -146,8 +176,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             raise ProtocolViolation("subscription_limit", error, graph_id)
         if graph_id not in self.subscriptions:
             metrics.SUBSCRIPTIONS.inc()
-        await self._join(graph_id)
-        self._keep_memberships_fresh()
+        await local_fanout(self.channel_layer).add(graph_id, self)
         # Read after joining: whatever is published from here on also arrives live.
         position = await database_sync_to_async(history.position)(graph_id)
         if not request.numbered:
@@ -160,7 +189,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         graph_id = subscription_request(message).graph_id
         if self.subscriptions.pop(graph_id, None) is not None:
             metrics.SUBSCRIPTIONS.dec()
-            await self._leave(graph_id)
+            await local_fanout(self.channel_layer).discard(graph_id, self)
         await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, graph_id))
 
     async def heartbeat(self, message: ClientMessage) -> None:
@@ -199,7 +228,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     async def _replay(
         self, subscription: Subscription, graph_id: str, after: int, until: int
     ) -> None:
-        while after < until:
+        while after < until and await self._ready_for_more():
             page = await database_sync_to_async(history.events_after)(
                 graph_id, after, REPLAY_PAGE_SIZE, until=until
             )
@@ -213,9 +242,49 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             await self._send_event(subscription, event.seq, event.frame)
 
     async def _send_event(self, subscription: Subscription, seq: int, frame: str) -> None:
-        await self.send(text_data=numbered_frame(frame, seq) if subscription.numbered else frame)
+        text = numbered_frame(frame, seq) if subscription.numbered else frame
+        await self._server_send({"type": "websocket.send", "text": text})
         subscription.delivered = seq
         metrics.FRAMES_DELIVERED.inc()
+
+    def _writable(self) -> bool:
+        return self._pressure is None or self._pressure.writable.is_set()
+
+    async def _wait_until_writable(self, incoming: "asyncio.Future[Any]") -> None:
+        """Wait, a bounded while, for the transport to drain or the client to say something."""
+        if self._pressure is None:
+            return
+        drained = asyncio.ensure_future(self._pressure.writable.wait())
+        try:
+            await asyncio.wait(
+                (incoming, drained), timeout=STALL_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            drained.cancel()
+
+    async def _ready_for_more(self) -> bool:
+        """During a replay: wait for the transport to drain; False once the client is too slow."""
+        pressure = self._pressure
+        while pressure is not None and not pressure.writable.is_set():
+            if self.backlog.overflowed or self._closing:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pressure.writable.wait(), STALL_POLL_SECONDS)
+        return not self._closing
+
+    async def _close_slow_consumer(self) -> None:
+        """The backlog passed its limit: stop following graphs and close with 4008."""
+        metrics.SLOW_CONSUMER_DISCONNECTS.inc()
+        self._log("websocket.slow_consumer", backlog_bytes=self.backlog.size)
+        await self._drop_subscriptions()
+        await self._close_with_error(CloseCode.SLOW_CONSUMER, ErrorText.SLOW_CONSUMER)
+
+    async def _drop_subscriptions(self) -> None:
+        fanout = local_fanout(self.channel_layer)
+        for graph_id in self.subscriptions:
+            await fanout.discard(graph_id, self)
+        metrics.SUBSCRIPTIONS.dec(len(self.subscriptions))
+        self.subscriptions = {}
 
     async def _admit(self, user_key: object) -> None:
         """Count the connection in, or close it when a connection limit is reached."""
@@ -263,6 +332,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     async def _close_with_error(self, code: int, reason: str) -> None:
         # daphne drops close reasons, so the reason also travels as an error frame first.
+        self._closing = True
         await self.send(text_data=error_frame(reason))
         await self.close(code=code, reason=reason)
 
@@ -278,21 +348,3 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     async def _may_subscribe(self, graph_id: str) -> bool:
         policy = conf.subscribe_policy()
         return bool(await database_sync_to_async(policy)(self.scope["user"], graph_id))
-
-    def _keep_memberships_fresh(self) -> None:
-        interval = membership.refresh_interval(self.channel_layer)
-        if interval is not None and self._refresher is None:
-            self._refresher = asyncio.create_task(self._refresh_memberships(interval))
-
-    async def _refresh_memberships(self, interval: float) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            while True:
-                await asyncio.sleep(interval)
-                for graph_id in list(self.subscriptions):
-                    await self._join(graph_id)
-
-    async def _join(self, graph_id: str) -> None:
-        await membership.join(self.channel_layer, graph_group_name(graph_id), self.channel_name)
-
-    async def _leave(self, graph_id: str) -> None:
-        await membership.leave(self.channel_layer, graph_group_name(graph_id), self.channel_name)

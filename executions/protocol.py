@@ -39,6 +39,10 @@ class ErrorText:
     TOO_MANY_SUBSCRIPTIONS = (
         "Too many subscriptions: at most {limit} per connection; unsubscribe from one first."
     )
+    SLOW_CONSUMER = (
+        "Too slow: the client fell behind the stream. Reconnect and subscribe with since set "
+        "to the last seq received to get everything missed."
+    )
     RATE_LIMITED = "Too many messages: at most {rate} a second; this one was ignored."
     RATE_LIMIT_ABUSED = "Rate limit exceeded again and again: closing."
     TOO_MANY_CONNECTIONS = "Too many connections for this user: at most {limit}."

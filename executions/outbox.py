@@ -1,0 +1,100 @@
+"""What stands between the fan-out and one socket: a bounded backlog, and the socket's pressure.
+
+The fan-out never waits on a socket: it appends to the connection's Backlog and moves on. The
+connection sends from its backlog at the client's pace; a backlog past its byte limit marks the
+connection as too slow, and it is closed instead of growing without bound.
+"""
+
+import asyncio
+import functools
+from collections import deque
+from typing import Any
+
+
+class Backlog:
+    """Events waiting to be sent to one connection, bounded by the size of their frames."""
+
+    __slots__ = ("_events", "_waiter", "max_bytes", "overflowed", "size")
+
+    def __init__(self, max_bytes: int) -> None:
+        self._events: deque[dict[str, Any]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.max_bytes = max_bytes
+        self.overflowed = False
+        self.size = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._events)
+
+    def put(self, event: dict[str, Any]) -> None:
+        if self.overflowed:
+            return
+        self.size += len(event["frame"])
+        if self.size > self.max_bytes:
+            self.overflowed = True
+            self._events.clear()
+        else:
+            self._events.append(event)
+        self._wake()
+
+    def pop(self) -> dict[str, Any]:
+        event = self._events.popleft()
+        self.size -= len(event["frame"])
+        return event
+
+    async def wait(self, other: "asyncio.Future[Any]") -> None:
+        """Wait until an event arrives, the backlog overflows, or `other` is done."""
+        if self._events or self.overflowed:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((other, self._waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class TransportPressure:
+    """A Twisted push producer: daphne's transport pauses it while its write buffer is full.
+
+    daphne's send never waits for the client, so without this a client that stops reading would
+    make the server buffer every frame. Twisted calls pauseProducing once its buffer passes 64
+    KiB and resumeProducing once it drains.
+    """
+
+    def __init__(self) -> None:
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def pauseProducing(self) -> None:
+        self.writable.clear()
+
+    def resumeProducing(self) -> None:
+        self.writable.set()
+
+    def stopProducing(self) -> None:
+        self.writable.set()
+
+
+def innermost_send(send: Any) -> Any:
+    """The server's own send callable, under channels' session wrapper if there is one."""
+    return getattr(getattr(send, "__self__", None), "real_send", send)
+
+
+def watch_transport(send: Any) -> TransportPressure | None:
+    """Register a TransportPressure on daphne's transport behind `send`; None elsewhere."""
+    server_send = innermost_send(send)
+    if not isinstance(server_send, functools.partial) or not server_send.args:
+        return None
+    transport = getattr(server_send.args[0], "transport", None)
+    if transport is None or not hasattr(transport, "registerProducer"):
+        return None
+    pressure = TransportPressure()
+    try:
+        transport.registerProducer(pressure, True)
+    except RuntimeError:  # someone else already produces for this transport
+        return None
+    return pressure
