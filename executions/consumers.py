@@ -81,12 +81,12 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             await self._serve(receive)
 
     async def _serve(self, receive: Any) -> None:
-        incoming: asyncio.Future[Any] = asyncio.ensure_future(receive())
+        incoming = self._next_client_message(receive)
         try:
             while True:
                 if incoming.done():
                     message = incoming.result()
-                    incoming = asyncio.ensure_future(receive())
+                    incoming = self._next_client_message(receive)
                     await self.dispatch(message)
                 elif self._closing:
                     await asyncio.wait((incoming,))
@@ -97,9 +97,14 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
                 elif self.backlog:
                     await self._wait_until_writable(incoming)
                 else:
-                    await self.backlog.wait(incoming)
+                    await self.backlog.wait()
         finally:
             incoming.cancel()
+
+    def _next_client_message(self, receive: Any) -> "asyncio.Future[Any]":
+        incoming = asyncio.ensure_future(receive())
+        incoming.add_done_callback(self.backlog.wake)  # a client message ends a backlog wait
+        return incoming
 
     def enqueue(self, event: dict[str, Any]) -> None:
         """Take an event from the fan-out; never blocks, whatever the client's pace."""

@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 # After a failed receive (the broker is down), wait this long before trying again.
 RECEIVE_RETRY_SECONDS = 1.0
+# Events handed out in a row before the connections get a turn to send them.
+YIELD_EVERY = 64
 
 
 class Receiver(Protocol):
@@ -82,6 +84,7 @@ class LocalFanout:
 
     async def _receive_forever(self) -> None:
         channel = await self._channel()
+        handed_out = 0
         while True:
             try:
                 event = await self.layer.receive(channel)
@@ -95,9 +98,11 @@ class LocalFanout:
             if event.get("type") == EXECUTION_RESULT_EVENT:
                 for receiver in tuple(self.members.get(event["graph_id"], ())):
                     receiver.enqueue(event)
-            # A receive that finds a message ready does not yield: let the connections send
-            # before taking the next one, so a burst does not pile up in their backlogs.
-            await asyncio.sleep(0)
+            handed_out += 1
+            if handed_out % YIELD_EVERY == 0:
+                # A receive that finds a message ready does not yield: let the connections
+                # send now and then, so a long burst does not pile up in their backlogs.
+                await asyncio.sleep(0)
 
     async def _refresh_forever(self, interval: float) -> None:
         """Re-join every group before the layer's group_expiry forgets this process."""

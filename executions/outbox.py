@@ -42,15 +42,19 @@ class Backlog:
         self.size -= len(event["frame"])
         return event
 
-    async def wait(self, other: "asyncio.Future[Any]") -> None:
-        """Wait until an event arrives, the backlog overflows, or `other` is done."""
+    async def wait(self) -> None:
+        """Wait until an event arrives, the backlog overflows, or wake() is called."""
         if self._events or self.overflowed:
             return
         self._waiter = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait((other, self._waiter), return_when=asyncio.FIRST_COMPLETED)
+            await self._waiter
         finally:
             self._waiter = None
+
+    def wake(self, *_: object) -> None:
+        """End a wait(); also usable as a future's done callback."""
+        self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
