@@ -77,8 +77,15 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         self._pressure = watch_transport(send)
         self.backlog = Backlog(conf.get("EXECUTIONS_MAX_BACKLOG_BYTES"))
         self._closing = False
-        with contextlib.suppress(StopConsumer):
+        self.subscriptions = {}
+        self._counted_user = None
+        try:
             await self._serve(receive)
+        except StopConsumer:
+            pass
+        finally:
+            # Also after a crash: no connection slot, count or membership stays behind.
+            await self._release()
 
     async def _serve(self, receive: Any) -> None:
         incoming = self._next_client_message(receive)
@@ -112,8 +119,6 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             self.backlog.put(event)
 
     async def connect(self) -> None:
-        self.subscriptions = {}
-        self._counted_user = None
         self._messages = TokenBucket(
             conf.get("EXECUTIONS_MESSAGES_PER_SECOND"), conf.get("EXECUTIONS_MESSAGE_BURST")
         )
@@ -129,6 +134,10 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         await self._admit(self.scope["user"].pk)
 
     async def disconnect(self, code: int) -> None:
+        await self._release(code)
+
+    async def _release(self, code: int | None = None) -> None:
+        """Give back what this connection holds; safe to call more than once."""
         await self._drop_subscriptions()
         if self._counted_user is not None:
             open_connections.release(self._counted_user)

@@ -6,7 +6,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from executions.protocol import ErrorText, ProtocolViolation
-from executions.schemas import MAX_GRAPH_ID_LENGTH, ClientMessage, SubscriptionRequest
+from executions.schemas import ClientMessage, SubscriptionRequest
 
 
 def decode_client_message(text: str) -> ClientMessage:
@@ -48,10 +48,10 @@ def _named_graph_id(data: Any) -> str | None:
     """Return the graph id a frame names, when it is one the protocol could accept."""
     if not isinstance(data, dict):
         return None
-    graph_id = data.get("graph_id")
-    if isinstance(graph_id, str) and 0 < len(graph_id) <= MAX_GRAPH_ID_LENGTH:
-        return graph_id
-    return None
+    try:
+        return SubscriptionRequest.model_validate({"graph_id": data.get("graph_id")}).graph_id
+    except ValidationError:
+        return None
 
 
 _FIELD_ERRORS = {

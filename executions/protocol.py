@@ -28,7 +28,10 @@ class ErrorText:
     NOT_OBJECT = "Message must be a JSON object."
     BINARY = "Binary frames are not supported; send JSON text frames."
     SUBSCRIPTION_DATA_MISSING = "Subscription data missing"
-    INVALID_GRAPH_ID = "graph_id must be a non-empty string of at most 255 characters."
+    INVALID_GRAPH_ID = (
+        "graph_id must be a non-empty string of at most 255 characters, "
+        "without NUL or lone surrogates."
+    )
     INVALID_SINCE = "since must be a non-negative integer (a sequence number)."
     INVALID_SNAPSHOT = "snapshot must be true or false."
     NOT_PROCESSED = "Message type is not processed by the server"

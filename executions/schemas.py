@@ -4,11 +4,36 @@ from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
 MAX_GRAPH_ID_LENGTH = 255
 
-GraphId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_GRAPH_ID_LENGTH)]
+
+def _storable(text: str) -> str:
+    """Refuse what no database column or JSON encoder takes: NUL, lone surrogates."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from exc
+    return text
+
+
+StoredId = Annotated[str, AfterValidator(_storable)]
+GraphId = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=MAX_GRAPH_ID_LENGTH),
+    AfterValidator(_storable),
+]
 
 # The channel-layer event that carries a ready-made frame to every subscriber.
 EXECUTION_RESULT_EVENT = "execution.result"
@@ -27,10 +52,10 @@ class ExecutionResult(BaseModel):
 
     graph_id: GraphId
     graph_version: int
-    graph_exec_id: str
-    node_exec_id: str
-    node_id: str
-    block_id: str
+    graph_exec_id: StoredId
+    node_exec_id: StoredId
+    node_id: StoredId
+    block_id: StoredId
     status: ExecutionStatus
     input_data: dict[str, Any]
     output_data: dict[str, list[Any]]

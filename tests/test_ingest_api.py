@@ -145,3 +145,13 @@ def test_the_openapi_schema_describes_the_api() -> None:
     assert "/api/executions" in schema["paths"]
     assert "/api/ws-token" in schema["paths"]
     assert "ExecutionResult" in json.dumps(schema["components"])
+
+
+@pytest.mark.parametrize("field", ["graph_id", "graph_exec_id", "node_id"])
+async def test_ids_no_database_can_store_are_a_400(subscriber: Any, field: str) -> None:
+    body = {**as_json(make_result()), field: "test_graph\u0000"}
+
+    response = await post(body)
+
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(f"Invalid request body: {field}: ")

@@ -7,6 +7,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from executions.events import send_execution_result
+from executions.protocol import ErrorText
 from tests.conftest import subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,6 +27,7 @@ async def assert_still_serving(client: Any) -> None:
     assert reply["data"] == "pong"
 
 
+INVALID_GRAPH_ID = error(ErrorText.INVALID_GRAPH_ID)
 UNKNOWN_METHOD = error("Unknown method; expected one of: subscribe, unsubscribe, heartbeat.")
 BAD_DATA = error("data must be an object, an array, a string or null.")
 
@@ -122,23 +124,23 @@ async def test_events_reach_only_subscribers_of_their_graph(
         ),
         (
             '{"method":"subscribe","data":{"graph_id":""}}',
-            error("graph_id must be a non-empty string of at most 255 characters."),
+            INVALID_GRAPH_ID,
         ),
         (
             '{"method":"subscribe","data":{"graph_id":42}}',
-            error("graph_id must be a non-empty string of at most 255 characters."),
+            INVALID_GRAPH_ID,
         ),
         (
             '{"method":"subscribe","data":{"graph_id":null}}',
-            error("graph_id must be a non-empty string of at most 255 characters."),
+            INVALID_GRAPH_ID,
         ),
         (
             '{"method":"subscribe","data":{"graph_id":["a"]}}',
-            error("graph_id must be a non-empty string of at most 255 characters."),
+            INVALID_GRAPH_ID,
         ),
         (
             json.dumps({"method": "subscribe", "data": {"graph_id": "x" * 256}}),
-            error("graph_id must be a non-empty string of at most 255 characters."),
+            INVALID_GRAPH_ID,
         ),
         (
             '{"method":"execution_event","data":{"graph_id":"test_graph"}}',
