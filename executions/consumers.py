@@ -13,13 +13,13 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from executions import conf, history, metrics
+from executions import conf, history, metrics, shutdown
 from executions.auth import AUTH_ERROR_KEY
 from executions.fanout import local_fanout
 from executions.history import StoredEvent
 from executions.inbound import decode_client_message, subscription_request
 from executions.limits import TokenBucket, open_connections
-from executions.outbox import Backlog, innermost_send, watch_transport
+from executions.outbox import Backlog, daphne_protocol, innermost_send, watch_transport
 from executions.protocol import (
     CloseCode,
     ErrorText,
@@ -75,6 +75,9 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         self.base_send = send
         self._server_send = innermost_send(send)
         self._pressure = watch_transport(send)
+        protocol = daphne_protocol(send)
+        if protocol is not None:
+            shutdown.track(protocol)
         self.backlog = Backlog(conf.get("EXECUTIONS_MAX_BACKLOG_BYTES"))
         self._closing = False
         self.subscriptions = {}

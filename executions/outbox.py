@@ -88,12 +88,17 @@ def innermost_send(send: Any) -> Any:
     return getattr(getattr(send, "__self__", None), "real_send", send)
 
 
+def daphne_protocol(send: Any) -> Any | None:
+    """daphne's WebSocket protocol object behind `send` (its send is a partial over it)."""
+    server_send = innermost_send(send)
+    if isinstance(server_send, functools.partial) and server_send.args:
+        return server_send.args[0]
+    return None
+
+
 def watch_transport(send: Any) -> TransportPressure | None:
     """Register a TransportPressure on daphne's transport behind `send`; None elsewhere."""
-    server_send = innermost_send(send)
-    if not isinstance(server_send, functools.partial) or not server_send.args:
-        return None
-    transport = getattr(server_send.args[0], "transport", None)
+    transport = getattr(daphne_protocol(send), "transport", None)
     if transport is None or not hasattr(transport, "registerProducer"):
         return None
     pressure = TransportPressure()

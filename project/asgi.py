@@ -16,8 +16,10 @@ from executions import conf  # noqa: E402
 from executions.auth import websocket_auth_stack  # noqa: E402
 from executions.daphne_limits import limit_daphne_messages  # noqa: E402
 from executions.routing import websocket_urlpatterns  # noqa: E402
+from executions.shutdown import install_daphne_shutdown_hook  # noqa: E402
 
 limit_daphne_messages(conf.get("EXECUTIONS_MAX_MESSAGE_BYTES"))
+install_daphne_shutdown_hook()
 
 # Plain daphne serves no static files; in development the admin and the API docs need them.
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
