@@ -80,7 +80,7 @@ async def ingest_executions(
     request: HttpRequest, payload: ExecutionResult | list[ExecutionResult]
 ) -> Status[dict[str, int]]:
     results = payload if isinstance(payload, list) else [payload]
-    accepted = await send_execution_results(results)
+    accepted = await send_execution_results(results, outside_any_transaction=True)
     return Status(202, {"accepted": len(accepted)})
 
 

@@ -67,12 +67,22 @@ def _store(results: list[ExecutionResult]) -> tuple[list[StoredEvent], bool]:
     return stored, False
 
 
-async def send_execution_results(results: Iterable[ResultLike]) -> list[int]:
-    """Validate every result first, then store and send them in order; return their numbers."""
+async def send_execution_results(
+    results: Iterable[ResultLike], *, outside_any_transaction: bool = False
+) -> list[int]:
+    """Validate every result first, then store and send them in order; return their numbers.
+
+    The storing runs in the thread of the calling sync code, so a transaction it has open
+    holds the results back until it commits. Code that knows no transaction can be open (an
+    async view such as the ingest endpoint) passes ``outside_any_transaction=True``: the
+    storing then runs in a pooled thread that keeps its database connection, instead of one
+    made for the request.
+    """
     validated = _validated(results)
     if not validated:
         return []
-    stored, deferred = await database_sync_to_async(_store)(validated)
+    store = database_sync_to_async(_store, thread_sensitive=not outside_any_transaction)
+    stored, deferred = await store(validated)
     if not deferred:
         await broadcast(stored)
     return [event.seq for event in stored]
