@@ -5,15 +5,21 @@ from datetime import datetime
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
-from django.utils.crypto import constant_time_compare
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, django_auth
 from pydantic import Field
 
 from executions import conf, history
+from executions.errors import (
+    BAD_CREDENTIALS,
+    INGEST_DISABLED,
+    describe_validation_errors,
+    not_delivered_body,
+)
 from executions.events import send_execution_results
 from executions.exceptions import ExecutionsError, PublishNotDelivered
+from executions.ingest import token_refusal
 from executions.schemas import MAX_GRAPH_ID_LENGTH, ExecutionResult
 from executions.tokens import mint_token, user_for_token
 
@@ -35,16 +41,15 @@ class IngestToken(HttpBearer):
     """``Authorization: Bearer <EXECUTIONS_INGEST_TOKEN>``, compared in constant time."""
 
     def __call__(self, request: HttpRequest) -> Any:
-        scheme, _, token = request.headers.get(self.header, "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return self.authenticate(request, "")
-        return self.authenticate(request, token.strip())
-
-    def authenticate(self, request: HttpRequest, token: str) -> bool | None:
-        expected = conf.get("EXECUTIONS_INGEST_TOKEN")
-        if not expected:
+        refusal = token_refusal(request.headers.get(self.header, ""))
+        if refusal is None:
+            return True
+        if refusal[0] == 403:
             raise IngestDisabled
-        return True if token and constant_time_compare(token, expected) else None
+        return None
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
+        raise NotImplementedError("IngestToken checks the header itself, in __call__.")
 
 
 class UserToken(HttpBearer):
@@ -152,40 +157,14 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 
 @api.exception_handler(AuthenticationError)
 def unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    return api.create_response(request, {"error": "Missing or invalid credentials."}, status=401)
+    return api.create_response(request, {"error": BAD_CREDENTIALS}, status=401)
 
 
 @api.exception_handler(PublishNotDelivered)
 def layer_down(request: HttpRequest, exc: PublishNotDelivered) -> HttpResponse:
-    body = {
-        "error": str(exc),
-        "stored": [{"graph_id": event.graph_id, "seq": event.seq} for event in exc.undelivered],
-    }
-    return api.create_response(request, body, status=503)
+    return api.create_response(request, not_delivered_body(exc), status=503)
 
 
 @api.exception_handler(IngestDisabled)
 def ingest_disabled(request: HttpRequest, exc: IngestDisabled) -> HttpResponse:
-    message = (
-        "Ingest is disabled: set the environment variable EXECUTIONS_INGEST_TOKEN on the server "
-        "and send it as 'Authorization: Bearer <token>'."
-    )
-    return api.create_response(request, {"error": message}, status=403)
-
-
-# Path parts that name where ninja put the body or which branch of a union was tried.
-_NOT_FIELDS = {"body", "payload", "ExecutionResult", "list[ExecutionResult]"}
-
-
-def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
-    """Name the bad field of a request body, as ``field.path: problem``.
-
-    A body may be one result or a list, so pydantic reports a failure per union branch; the
-    deepest one is the branch the client meant.
-    """
-    if not errors:
-        return "Invalid request body."
-    deepest = max(errors, key=lambda error: len(error.get("loc", ())))
-    location = [str(part) for part in deepest.get("loc", ()) if part not in _NOT_FIELDS]
-    where = ".".join(location) or "body"
-    return f"Invalid request body: {where}: {deepest.get('msg', 'invalid value')}."
+    return api.create_response(request, {"error": INGEST_DISABLED}, status=403)

@@ -15,6 +15,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from executions import conf  # noqa: E402
 from executions.auth import websocket_auth_stack  # noqa: E402
 from executions.daphne_limits import limit_daphne_messages  # noqa: E402
+from executions.ingest import IngestEndpoint  # noqa: E402
 from executions.routing import websocket_urlpatterns  # noqa: E402
 from executions.shutdown import install_daphne_shutdown_hook  # noqa: E402
 
@@ -22,7 +23,9 @@ limit_daphne_messages(conf.get("EXECUTIONS_MAX_MESSAGE_BYTES"))
 install_daphne_shutdown_hook()
 
 # Plain daphne serves no static files; in development the admin and the API docs need them.
-http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
+django_http = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
+# The publishing hot path answers before Django's request machinery; see executions.ingest.
+http_app = IngestEndpoint(django_http)
 
 application = ProtocolTypeRouter(
     {

@@ -1,9 +1,11 @@
 """POST /api/executions: services in other processes publish results over HTTP."""
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from asgiref.testing import ApplicationCommunicator
 from django.test import AsyncClient, Client
 
 from executions.schemas import ExecutionResult, execution_event_frame
@@ -24,9 +26,58 @@ def as_json(result: ExecutionResult) -> Any:
     return json.loads(result.model_dump_json())
 
 
+@dataclass
+class Answer:
+    status_code: int
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+async def post_through_asgi(data: str, headers: dict[str, str]) -> Answer:
+    """POST to the ASGI application itself: the path daphne and uvicorn serve."""
+    from project.asgi import application
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/executions",
+        "raw_path": b"/api/executions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")]
+        + [(key.lower().encode(), value.encode()) for key, value in headers.items()],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    communicator = ApplicationCommunicator(application, scope)
+    await communicator.send_input({"type": "http.request", "body": data.encode()})
+    start = await communicator.receive_output(timeout=5)
+    body = await communicator.receive_output(timeout=5)
+    await communicator.wait(timeout=5)
+    return Answer(start["status"], body["body"])
+
+
+@pytest.fixture(params=["asgi", "django"], autouse=True)
+def route(request: pytest.FixtureRequest) -> str:
+    """Both ways the endpoint is served: the ASGI fast path, and the ninja route behind it."""
+    global _route
+    _route = str(request.param)
+    return _route
+
+
+_route = "asgi"
+
+
 async def post(body: Any, token: str | None = INGEST_TOKEN, raw: str | None = None) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     data = raw if raw is not None else json.dumps(body)
+    if _route == "asgi":
+        return await post_through_asgi(data, headers)
     return await AsyncClient().post(
         "/api/executions", data=data, content_type="application/json", headers=headers
     )

@@ -1,0 +1,35 @@
+"""The HTTP API's error answers, shared by the ninja routes and the ASGI ingest path."""
+
+from typing import Any
+
+from executions.exceptions import PublishNotDelivered
+
+BAD_CREDENTIALS = "Missing or invalid credentials."
+INGEST_DISABLED = (
+    "Ingest is disabled: set the environment variable EXECUTIONS_INGEST_TOKEN on the server "
+    "and send it as 'Authorization: Bearer <token>'."
+)
+
+# Path parts that name where ninja put the body or which branch of a union was tried.
+_NOT_FIELDS = {"body", "payload", "ExecutionResult", "list[ExecutionResult]"}
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
+    """Name the bad field of a request body, as ``field.path: problem``.
+
+    A body may be one result or a list, so pydantic reports a failure per union branch; the
+    deepest one is the branch the client meant.
+    """
+    if not errors:
+        return "Invalid request body."
+    deepest = max(errors, key=lambda error: len(error.get("loc", ())))
+    location = [str(part) for part in deepest.get("loc", ()) if part not in _NOT_FIELDS]
+    where = ".".join(location) or "body"
+    return f"Invalid request body: {where}: {deepest.get('msg', 'invalid value')}."
+
+
+def not_delivered_body(exc: PublishNotDelivered) -> dict[str, Any]:
+    return {
+        "error": str(exc),
+        "stored": [{"graph_id": event.graph_id, "seq": event.seq} for event in exc.undelivered],
+    }

@@ -1,0 +1,117 @@
+"""POST /api/executions straight from ASGI: the hot publishing path, ahead of Django's stack.
+
+Django runs each request's sync parts (middleware, signals) in threads made for the request;
+for a service publishing results one by one that is most of the cost. This ASGI wrapper answers
+exactly ``POST /api/executions`` itself, with the same checks, validation and answers as the
+ninja route in api.py (which documents the endpoint and serves it wherever this wrapper is not
+mounted), and passes every other request to Django.
+"""
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.utils.crypto import constant_time_compare
+from pydantic import TypeAdapter, ValidationError
+
+from executions import conf
+from executions.errors import (
+    BAD_CREDENTIALS,
+    INGEST_DISABLED,
+    describe_validation_errors,
+    not_delivered_body,
+)
+from executions.events import send_execution_results
+from executions.exceptions import PublishNotDelivered
+from executions.schemas import ExecutionResult
+
+INGEST_PATH = "/api/executions"
+_payload: TypeAdapter[ExecutionResult | list[ExecutionResult]] = TypeAdapter(
+    ExecutionResult | list[ExecutionResult]
+)
+
+Reply = tuple[int, dict[str, Any]]
+
+
+def token_refusal(authorization: str) -> Reply | None:
+    """The answer for a request whose bearer token does not open the ingest, else None."""
+    expected = conf.get("EXECUTIONS_INGEST_TOKEN")
+    if not expected:
+        return 403, {"error": INGEST_DISABLED}
+    scheme, _, token = authorization.partition(" ")
+    if (
+        scheme.lower() != "bearer"
+        or not token
+        or not constant_time_compare(token.strip(), expected)
+    ):
+        return 401, {"error": BAD_CREDENTIALS}
+    return None
+
+
+async def ingest(authorization: str, body: bytes) -> Reply:
+    """Check, validate and publish one request's results; return the status and JSON body."""
+    refusal = token_refusal(authorization)
+    if refusal is not None:
+        return refusal
+    try:
+        payload = _payload.validate_json(body)
+    except ValidationError as exc:
+        return 400, {"error": describe_validation_errors(exc.errors())}  # type: ignore[arg-type]
+    results = payload if isinstance(payload, list) else [payload]
+    try:
+        accepted = await send_execution_results(results, outside_any_transaction=True)
+    except PublishNotDelivered as exc:
+        return 503, not_delivered_body(exc)
+    return 202, {"accepted": len(accepted)}
+
+
+class IngestEndpoint:
+    """ASGI middleware: serves ``POST /api/executions`` itself, hands the rest to `app`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != INGEST_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        if body is None:
+            status, reply = 413, {"error": "Request body too large."}
+        else:
+            status, reply = await ingest(_header(scope, b"authorization"), body)
+        await _respond(send, status, reply)
+
+
+async def _read_body(receive: Any, limit: int | None) -> bytes | None:
+    """The whole request body, or None once it passes `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+async def _respond(send: Any, status: int, reply: dict[str, Any]) -> None:
+    content = json.dumps(reply).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
