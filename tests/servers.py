@@ -176,22 +176,26 @@ class DaphneServer:
         self._log_path = self.log_dir / f"{self.name}-{self.port}.log"
         with self._log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "project.asgi:application",
-                ],
+                self.command(),
                 cwd=REPO_ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def command(self) -> list[str]:
+        """How operators start it: plain daphne, configured only by the environment."""
+        return [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "project.asgi:application",
+        ]
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Return once the port accepts connections; fail with daphne's output otherwise."""
@@ -276,3 +280,19 @@ async def post_executions(
     """POST `body` to the server's /api/executions; return (status, parsed JSON body)."""
     url = f"{server.http_url}/api/executions"
     return await asyncio.to_thread(_post_json, url, body, bearer, seconds)
+
+
+class UvicornServer(DaphneServer):
+    """``python -m uvicorn`` (uvloop, httptools) serving the same application."""
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "project.asgi:application",
+        ]

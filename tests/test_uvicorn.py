@@ -1,0 +1,96 @@
+"""The same application under uvicorn: the protocol, publishing, limits and restarts hold."""
+
+import asyncio
+import json
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
+
+from executions.schemas import ExecutionResult, execution_event_frame
+from tests.conftest import make_result
+from tests.servers import Site, UvicornServer, post_executions, prepare_site
+
+GRAPH = f"uvicorn-{uuid.uuid4().hex[:10]}"
+TIMEOUT = 5.0
+
+
+async def close_frame(client: ClientConnection) -> Close:
+    """Read until the server closes; the close frame it sent."""
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                await client.recv()
+    except ConnectionClosed as closed:
+        received = closed.rcvd
+    if received is None:
+        pytest.fail("the server sent no close frame")
+    return received
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    prepared = prepare_site(tmp_path_factory.mktemp("uvicorn-site"))
+    prepared.token_for("alice")
+    prepared.register_graph(GRAPH, "alice")
+    return prepared
+
+
+@pytest.fixture
+def server(site: Site, tmp_path: Path) -> Iterator[UvicornServer]:
+    with UvicornServer(site.env, tmp_path, name="uvicorn") as running:
+        yield running
+
+
+async def test_a_subscriber_receives_published_results_byte_for_byte(
+    site: Site, server: UvicornServer
+) -> None:
+    token = site.token_for("alice")
+    result = make_result(graph_id=GRAPH, node_exec_id="under-uvicorn")
+    async with connect(f"{server.ws_url}?token={token}") as client:
+        await client.send(json.dumps({"method": "subscribe", "data": {"graph_id": GRAPH}}))
+        async with asyncio.timeout(TIMEOUT):
+            assert json.loads(await client.recv())["success"] is True
+
+        status, answer = await post_executions(server, [json.loads(result.model_dump_json())])
+
+        assert (status, answer) == (202, {"accepted": 1})
+        async with asyncio.timeout(TIMEOUT):
+            frame = await client.recv()
+        assert frame == execution_event_frame(ExecutionResult.model_validate(result))
+
+
+async def test_a_missing_token_is_closed_with_4001(server: UvicornServer) -> None:
+    async with connect(server.ws_url) as client:
+        received = await close_frame(client)
+    assert received.code == 4001
+    assert received.reason == "Missing authentication token"
+
+
+async def test_an_oversized_message_is_closed_with_4009(site: Site, server: UvicornServer) -> None:
+    token = site.token_for("alice")
+    async with connect(f"{server.ws_url}?token={token}") as client:
+        await client.send(json.dumps({"method": "heartbeat", "data": "x" * 70_000}))
+        received = await close_frame(client)
+    assert received.code == 4009
+
+
+async def test_sigterm_tells_clients_to_reconnect_with_1012(
+    site: Site, server: UvicornServer
+) -> None:
+    token = site.token_for("alice")
+    async with connect(f"{server.ws_url}?token={token}") as client:
+        await client.send(json.dumps({"method": "subscribe", "data": {"graph_id": GRAPH}}))
+        async with asyncio.timeout(TIMEOUT):
+            await client.recv()
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        received = await close_frame(client)
+    assert received.code == 1012
+    # uvicorn exits by re-raising the signal once it has shut down gracefully.
+    assert server.process.wait(timeout=TIMEOUT) in (0, -signal.SIGTERM)
