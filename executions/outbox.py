@@ -102,8 +102,32 @@ def watch_transport(send: Any) -> TransportPressure | None:
     if transport is None or not hasattr(transport, "registerProducer"):
         return None
     pressure = TransportPressure()
-    try:
+    existing = getattr(transport, "producer", None)
+    if existing is not None:
+        # Twisted's HTTPChannel, which daphne upgraded to a WebSocket, is still registered:
+        # keep telling it (it stops reading the socket while the buffer is full) and us too.
+        transport.unregisterProducer()
+        transport.registerProducer(_BothProducers(existing, pressure), True)
+    else:
         transport.registerProducer(pressure, True)
-    except RuntimeError:  # someone else already produces for this transport
-        return None
     return pressure
+
+
+class _BothProducers:
+    """Forwards Twisted's flow-control calls to two producers."""
+
+    def __init__(self, first: Any, second: TransportPressure) -> None:
+        self.first = first
+        self.second = second
+
+    def pauseProducing(self) -> None:
+        self.first.pauseProducing()
+        self.second.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.first.resumeProducing()
+        self.second.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.first.stopProducing()
+        self.second.stopProducing()
