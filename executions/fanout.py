@@ -4,6 +4,12 @@ Each event loop (a daphne or uvicorn process) has one LocalFanout. It joins a gr
 first time one of its connections subscribes and leaves when the last one goes, receives each
 event once from the layer, and hands the very same message to every local subscriber. One event
 is thus one layer message per process, not one per subscriber.
+
+The layer may lose events (Redis restarts, a pub/sub reconnection window). A sweep compares, now
+and then, each followed graph's stored head with the last number the layer brought: a number
+stored a whole sweep ago and still not seen is handed out from the history, and the connections'
+own gap filling brings whatever else is missing. Nothing committed stays away from a live
+subscriber for longer than about two sweeps.
 """
 
 import asyncio
@@ -11,7 +17,10 @@ import logging
 import weakref
 from typing import Any, Protocol
 
-from executions import membership, metrics
+from channels.db import database_sync_to_async
+
+from executions import conf, history, membership, metrics
+from executions.events import layer_event
 from executions.groups import graph_group_name
 from executions.schemas import EXECUTION_RESULT_EVENT
 
@@ -38,6 +47,9 @@ class LocalFanout:
         self._changes = asyncio.Lock()
         self._receiving: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[None] | None = None
+        # The highest number the layer has brought, per graph.
+        self._seen: dict[str, int] = {}
 
     async def add(self, graph_id: str, receiver: Receiver) -> None:
         async with self._changes:
@@ -70,15 +82,19 @@ class LocalFanout:
     def _start(self) -> None:
         if self._receiving is None:
             self._receiving = asyncio.create_task(self._receive_forever())
+        if self._sweeping is None:
+            interval = conf.get("EXECUTIONS_SWEEP_SECONDS")
+            self._sweeping = asyncio.create_task(self._sweep_forever(interval))
         interval = membership.refresh_interval(self.layer)
         if interval is not None and self._refreshing is None:
             self._refreshing = asyncio.create_task(self._refresh_forever(interval))
 
     def _stop(self) -> None:
-        for task in (self._receiving, self._refreshing):
+        for task in (self._receiving, self._refreshing, self._sweeping):
             if task is not None:
                 task.cancel()
-        self._receiving = self._refreshing = None
+        self._receiving = self._refreshing = self._sweeping = None
+        self._seen = {}
         # A cancelled receive may delete its channel (the pub/sub layer does): start afresh.
         self.channel_name = None
 
@@ -96,13 +112,42 @@ class LocalFanout:
                 await asyncio.sleep(RECEIVE_RETRY_SECONDS)
                 continue
             if event.get("type") == EXECUTION_RESULT_EVENT:
-                for receiver in tuple(self.members.get(event["graph_id"], ())):
-                    receiver.enqueue(event)
+                self._hand_out(event)
             handed_out += 1
             if handed_out % YIELD_EVERY == 0:
                 # A receive that finds a message ready does not yield: let the connections
                 # send now and then, so a long burst does not pile up in their backlogs.
                 await asyncio.sleep(0)
+
+    def _hand_out(self, event: dict[str, Any]) -> None:
+        graph_id = event["graph_id"]
+        self._seen[graph_id] = max(self._seen.get(graph_id, 0), event["seq"])
+        for receiver in tuple(self.members.get(graph_id, ())):
+            receiver.enqueue(event)
+
+    async def _sweep_forever(self, interval: float) -> None:
+        """Hand out, from the history, what the layer has not brought in a whole sweep."""
+        overdue: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                overdue = await self._sweep(overdue)
+            except Exception:
+                logger.exception("the history sweep failed; trying again at the next one")
+
+    async def _sweep(self, overdue: dict[str, int]) -> dict[str, int]:
+        """Repair what was stored by the last sweep and not brought since; return the heads now.
+
+        (A graph just followed is repaired once with its latest event; its connections, which
+        started at that head, drop it.)
+        """
+        for graph_id, head in overdue.items():
+            if graph_id in self.members and self._seen.get(graph_id, 0) < head:
+                missed = await database_sync_to_async(history.events_after)(graph_id, head - 1, 1)
+                for stored in missed:
+                    metrics.EVENTS_RECOVERED.inc()
+                    self._hand_out(layer_event(stored))
+        return await database_sync_to_async(history.heads)(list(self.members))
 
     async def _refresh_forever(self, interval: float) -> None:
         """Re-join every group before the layer's group_expiry forgets this process."""

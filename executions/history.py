@@ -101,6 +101,12 @@ def position(graph_id: str) -> StreamPosition:
     return StreamPosition(head=head, oldest=oldest["oldest"] or head + 1)
 
 
+def heads(graph_ids: list[str]) -> dict[str, int]:
+    """The last number handed out for each of these graphs (0 for a graph never published)."""
+    known = dict(GraphStream.objects.filter(pk__in=graph_ids).values_list("graph_id", "head"))
+    return {graph_id: known.get(graph_id, 0) for graph_id in graph_ids}
+
+
 def events_after(
     graph_id: str, since: int, limit: int, until: int | None = None
 ) -> list[StoredEvent]:

@@ -17,6 +17,10 @@ ERROR_FRAMES = Counter(
 AUTH_FAILURES = Counter(
     "executions_auth_failures", "Connections refused for authentication, by reason.", ["reason"]
 )
+EVENTS_RECOVERED = Counter(
+    "executions_events_recovered",
+    "Events the channel layer never brought, handed out from the history by the sweep.",
+)
 SLOW_CONSUMER_DISCONNECTS = Counter(
     "executions_slow_consumer_disconnects", "Connections closed for falling behind the stream."
 )

@@ -302,3 +302,18 @@ async def test_after_the_unsubscribe_ack_nothing_more_arrives(
     sent_before_the_ack = [event["data"]["node_exec_id"] for event in received]
     assert sent_before_the_ack == [str(n) for n in range(len(sent_before_the_ack))]
     assert await client.receive_nothing(timeout=0.3)
+
+
+async def test_an_event_the_layer_never_brought_arrives_from_the_history(
+    connect: Any, alice_token: str, settings: Any
+) -> None:
+    """Stored but never sent (a Redis blip): the sweep hands it out within two sweeps."""
+    settings.EXECUTIONS_SWEEP_SECONDS = 0.2
+    client = await connect(token=alice_token)
+    await subscribe(client, "test_graph")
+
+    lost = await sync_to_async(history.record)([numbered("never-sent")])
+
+    event = json.loads(await client.receive_from(timeout=3))
+    assert event == json.loads(lost[0].frame)
+    assert await client.receive_nothing(timeout=0.5)
