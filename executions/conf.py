@@ -12,6 +12,9 @@ from django.utils.module_loading import import_string
 DEFAULTS: dict[str, Any] = {
     # Largest inbound WebSocket message, in bytes; a larger one closes the connection.
     "EXECUTIONS_MAX_MESSAGE_BYTES": 64 * 1024,
+    # Under daphne: seconds between protocol pings, and how long a socket may leave one unanswered.
+    "EXECUTIONS_PING_INTERVAL": 20,
+    "EXECUTIONS_PING_TIMEOUT": 30,
     # Dotted path to a callable (user, graph_id) -> bool deciding who may subscribe.
     "EXECUTIONS_SUBSCRIBE_POLICY": "executions.policy.owner_may_subscribe",
     # Shared secret for POST /api/executions; empty refuses every ingest request.

@@ -1,39 +1,58 @@
-"""Make daphne enforce the inbound message limit itself, before it buffers a byte more.
+"""Make daphne apply the app's WebSocket settings, which it otherwise takes from its command line.
 
-daphne takes its limit only from the command line (1 MiB by default), so the application
-alone would see, and daphne would buffer, messages up to that size. Under daphne, the WebSocket
-factory's options are clamped to our limit: autobahn then refuses a frame as soon as its header
-announces too many bytes, closing with 1009 (message too big) and a reason. Other servers
-are left alone; the consumer's own check still closes with 4009 there.
+- Inbound size: daphne's limit defaults to 1 MiB, so daphne would buffer, and the application
+  see, messages up to that size. The WebSocket factory's options are clamped to our limit:
+  autobahn refuses a frame as soon as its header announces too many bytes, closing with 1009
+  (message too big) and a reason. Other servers are left alone; the consumer's own check still
+  closes with 4009 there.
+- Protocol pings: daphne pings every WebSocket every ``ping_interval`` seconds and closes one
+  that has not answered within ``ping_timeout``; both come from the settings here, so half-open
+  sockets are noticed on the schedule the project chose.
 """
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
-_PATCH_MARK = "_executions_max_message_bytes"
 _SIZE_OPTIONS = ("maxMessagePayloadSize", "maxFramePayloadSize")
 
 
-def limit_daphne_messages(max_bytes: int) -> None:
-    """Cap daphne's WebSocket message and frame sizes at `max_bytes`, if daphne is serving."""
+@dataclass
+class DaphneWebSocketSettings:
+    max_message_bytes: int
+    ping_interval: float
+    ping_timeout: float
+
+
+_applied: DaphneWebSocketSettings | None = None
+
+
+def configure_daphne(settings: DaphneWebSocketSettings) -> None:
+    """Have daphne's WebSocket factory use these settings, if daphne is serving."""
+    global _applied
     if "daphne.server" not in sys.modules:
         return
     from daphne.ws_protocol import WebSocketFactory
 
-    if getattr(WebSocketFactory, _PATCH_MARK, None) is not None:
-        setattr(WebSocketFactory, _PATCH_MARK, max_bytes)
+    first_time = _applied is None
+    _applied = settings
+    if not first_time:
         return
     original = WebSocketFactory.setProtocolOptions
 
     def set_protocol_options(self: Any, *args: Any, **options: Any) -> Any:
-        limit = getattr(WebSocketFactory, _PATCH_MARK)
-        for name in _SIZE_OPTIONS:
-            given = options.get(name)
-            if given is not None:
-                options[name] = limit if given <= 0 else min(given, limit)
+        chosen = _applied
+        if chosen is not None:
+            for name in _SIZE_OPTIONS:
+                given = options.get(name)
+                if given is not None:
+                    limit = chosen.max_message_bytes
+                    options[name] = limit if given <= 0 else min(given, limit)
+            options["autoPingTimeout"] = chosen.ping_timeout
+            # daphne's timeout checker reads the interval from its Server, every 2 s.
+            self.server_class.ping_interval = chosen.ping_interval
         # Send the 1009 close frame (with its reason) instead of dropping the TCP connection.
         options.setdefault("failByDrop", False)
         return original(self, *args, **options)
 
     WebSocketFactory.setProtocolOptions = set_protocol_options
-    setattr(WebSocketFactory, _PATCH_MARK, max_bytes)

@@ -14,12 +14,18 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from executions import conf  # noqa: E402
 from executions.auth import websocket_auth_stack  # noqa: E402
-from executions.daphne_limits import limit_daphne_messages  # noqa: E402
+from executions.daphne_limits import DaphneWebSocketSettings, configure_daphne  # noqa: E402
 from executions.ingest import IngestEndpoint  # noqa: E402
 from executions.routing import websocket_urlpatterns  # noqa: E402
 from executions.shutdown import install_daphne_shutdown_hook  # noqa: E402
 
-limit_daphne_messages(conf.get("EXECUTIONS_MAX_MESSAGE_BYTES"))
+configure_daphne(
+    DaphneWebSocketSettings(
+        max_message_bytes=conf.get("EXECUTIONS_MAX_MESSAGE_BYTES"),
+        ping_interval=conf.get("EXECUTIONS_PING_INTERVAL"),
+        ping_timeout=conf.get("EXECUTIONS_PING_TIMEOUT"),
+    )
+)
 install_daphne_shutdown_hook()
 
 # Plain daphne serves no static files; in development the admin and the API docs need them.

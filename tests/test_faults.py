@@ -9,11 +9,13 @@ Every wait is bounded and every subprocess is stopped in a finally block.
 """
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -43,6 +45,7 @@ SLOW_GRAPH = f"faults-{RUN}-slow"
 REDIS_GRAPH = f"faults-{RUN}-redis"
 STORM_GRAPH = f"faults-{RUN}-storm"
 SHUTDOWN_GRAPH = f"faults-{RUN}-shutdown"
+QUIET_GRAPH = f"faults-{RUN}-quiet"
 
 MIB = 1024 * 1024
 RECEIVE_TIMEOUT = 5.0
@@ -66,7 +69,7 @@ class Faults:
 def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
     site = prepare_site(tmp_path_factory.mktemp("faults-site"))
     token = site.token_for("alice")
-    graphs = (SLOW_GRAPH, REDIS_GRAPH, STORM_GRAPH, SHUTDOWN_GRAPH)
+    graphs = (SLOW_GRAPH, REDIS_GRAPH, STORM_GRAPH, SHUTDOWN_GRAPH, QUIET_GRAPH)
     with ThreadPoolExecutor(len(graphs)) as pool:
         list(pool.map(lambda graph_id: site.register_graph(graph_id, owner="alice"), graphs))
     return Faults(site, token)
@@ -828,3 +831,74 @@ async def test_sigterm_tells_subscribers_to_reconnect_with_1012_and_exits_in_tim
         assert received.other_frames == [], received
     assert exited_after < SHUTDOWN_DEADLINE
     assert code == 0, server.output()
+
+
+# --- heartbeats: half-open sockets are closed, quiet clients are not -----------------------
+
+PING_INTERVAL = 1
+PING_TIMEOUT = 2
+# daphne checks its timers every 2 s: a silent socket is pinged within about 3 s and dropped
+# about PING_TIMEOUT later; a quiet client that answers pings outlives several such rounds.
+HALF_OPEN_DEADLINE = 15.0
+QUIET_SECONDS = 8.0
+
+
+def open_half_open_socket(server: DaphneServer, token: str) -> socket.socket:
+    """A WebSocket handshake, then nothing: the client neither reads nor answers pings."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=RECEIVE_TIMEOUT)
+    key = base64.b64encode(os.urandom(16)).decode()
+    raw.sendall(
+        (
+            f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert raw.recv(1024).startswith(b"HTTP/1.1 101")
+    return raw
+
+
+async def until_open_connections(server: DaphneServer, count: int, seconds: float) -> None:
+    poll = 0.1
+    for _ in range(int(seconds / poll)):
+        if (await metrics(server)).get("executions_connections") == count:
+            return
+        await asyncio.sleep(poll)
+    pytest.fail(f"the server did not reach {count} open connections within {seconds} s")
+
+
+async def test_half_open_sockets_are_closed_and_quiet_clients_are_not(
+    faults: Faults, tmp_path: Path
+) -> None:
+    env = settings_env(
+        faults.site,
+        tmp_path,
+        "ping_settings",
+        EXECUTIONS_PING_INTERVAL=PING_INTERVAL,
+        EXECUTIONS_PING_TIMEOUT=PING_TIMEOUT,
+    )
+    with DaphneServer(env, tmp_path, "pings") as server:
+        # The quiet client answers pings (the websockets library does) but never sends a thing.
+        async with ws_client(server, faults.token) as quiet:
+            await subscribe(quiet, QUIET_GRAPH, since=None)
+            half_open = await asyncio.to_thread(open_half_open_socket, server, faults.token)
+            try:
+                await until_open_connections(server, 2, RECEIVE_TIMEOUT)
+                started = time.monotonic()
+                await until_open_connections(server, 1, HALF_OPEN_DEADLINE)
+                closed_after = time.monotonic() - started
+                await asyncio.sleep(max(0.0, QUIET_SECONDS - closed_after))
+
+                assert await post_executions(server, execution(QUIET_GRAPH, 1)) == (
+                    202,
+                    {"accepted": 1},
+                )
+                async with asyncio.timeout(RECEIVE_TIMEOUT):
+                    event = json.loads(await quiet.recv())
+            finally:
+                half_open.close()
+    assert event["channel"] == QUIET_GRAPH
+    print(
+        f"heartbeat figures: half_open_closed_after_s={closed_after:.1f} "
+        f"quiet_client_open_s={max(QUIET_SECONDS, closed_after):.1f}"
+    )
