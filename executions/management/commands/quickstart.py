@@ -48,5 +48,11 @@ class Command(BaseCommand):
   Publish a first event (a third terminal):
     curl -X POST {base_url}/api/executions -H 'Authorization: Bearer {ingest}' \\
          -H 'Content-Type: application/json' --data @examples/execution_result.json
+
+  Or run a demo graph, and watch it in the terminal:
+    DJANGO_DEBUG=1 EXECUTIONS_INGEST_TOKEN={ingest} \\
+        .venv/bin/python manage.py run_demo_graph --graph {graph} --url {base_url}
+    DJANGO_DEBUG=1 .venv/bin/python manage.py watch_executions {graph} --user {username} \\
+        --url {ws_url}
 """
         )
