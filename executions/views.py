@@ -1,12 +1,172 @@
-from django.http import HttpRequest, HttpResponse
+"""The dashboard at ``/``, its two assets, login, and the button that starts a demo run.
+
+The dashboard's JavaScript and CSS live in ``executions/static/executions/`` (so a site that
+runs ``collectstatic`` ships them like any other static file), but the page loads them from
+:func:`dashboard_asset`, a view of this app: plain daphne or uvicorn with ``DEBUG`` off serve no
+``/static/`` at all, and the dashboard has to work on exactly that setup. The URL carries a hash
+of the file's content, so browsers cache it for good and a changed file is fetched at once.
+"""
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from django.contrib.auth import views as auth_views
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils.cache import patch_cache_control
+from django.views.decorators.http import require_GET, require_POST
+
+from executions.models import Graph
+from executions.schemas import MAX_GRAPH_ID_LENGTH
+
+logger = logging.getLogger(__name__)
+
+ASSET_DIR = Path(__file__).resolve().parent / "static" / "executions"
+# The only files dashboard_asset serves, with their content types.
+ASSET_TYPES = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+
+# Demo runs started by the button; the event loop keeps only weak references to tasks.
+DEMO_TASKS: set["asyncio.Task[Any]"] = set()
+# Demo runs of one graph at a time, so a held-down button cannot start hundreds.
+MAX_DEMO_RUNS_PER_GRAPH = 3
+
+
+def _websocket_url(request: HttpRequest) -> str:
+    scheme = "wss" if request.is_secure() else "ws"
+    return f"{scheme}://{request.get_host()}/ws"
 
 
 def index(request: HttpRequest) -> HttpResponse:
-    """Say what is running here and how to connect to it."""
-    ws_scheme = "wss" if request.is_secure() else "ws"
+    """The dashboard: the user's graphs and their executions, live; for programs, how to connect."""
+    user = request.user
+    graphs = list(Graph.objects.filter(owner=user)) if user.is_authenticated else []
     return render(
         request,
         "executions/index.html",
-        {"websocket_url": f"{ws_scheme}://{request.get_host()}/ws"},
+        {
+            "websocket_url": _websocket_url(request),
+            "graphs": graphs,
+            "login_url": f"{reverse('executions-login')}?next=/",
+            "script_url": asset_url("dashboard.js"),
+            "stylesheet_url": asset_url("dashboard.css"),
+        },
     )
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login form for every user: the admin's refuses users who are not staff."""
+
+    template_name = "executions/login.html"
+    redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return {**super().get_context_data(**kwargs), "stylesheet_url": asset_url("dashboard.css")}
+
+
+class LogoutView(auth_views.LogoutView):
+    next_page = "/"
+
+
+# --- the dashboard's JavaScript and CSS ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Asset:
+    content: bytes
+    version: str  # the first hex digits of the content's SHA-256
+
+
+@lru_cache(maxsize=8)
+def _read_asset(name: str, modified_ns: int) -> Asset:
+    content = (ASSET_DIR / name).read_bytes()
+    return Asset(content, hashlib.sha256(content).hexdigest()[:16])
+
+
+def load_asset(name: str) -> Asset:
+    """The current content of an allowed asset; re-read when the file changes."""
+    if name not in ASSET_TYPES:
+        raise Http404("No such dashboard asset.")
+    try:
+        modified_ns = (ASSET_DIR / name).stat().st_mtime_ns
+    except FileNotFoundError:
+        raise Http404("No such dashboard asset.") from None
+    return _read_asset(name, modified_ns)
+
+
+def asset_url(name: str) -> str:
+    """The asset's URL, versioned by its content so that it can be cached for good."""
+    path = reverse("executions-dashboard-asset", args=[name])
+    return f"{path}?v={load_asset(name).version}"
+
+
+@require_GET
+def dashboard_asset(request: HttpRequest, name: str) -> HttpResponse:
+    """Serve dashboard.js or dashboard.css, whatever serves (or does not serve) /static/."""
+    asset = load_asset(name)
+    etag = f'"{asset.version}"'
+    if etag in request.headers.get("If-None-Match", ""):
+        response = HttpResponse(status=304)
+    else:
+        response = HttpResponse(asset.content, content_type=ASSET_TYPES[name])
+    response["ETag"] = etag
+    if request.GET.get("v") == asset.version:
+        patch_cache_control(response, public=True, max_age=365 * 24 * 3600, immutable=True)
+    else:
+        patch_cache_control(response, no_cache=True)
+    return response
+
+
+# --- the "Run demo graph" button ----------------------------------------------------------
+
+
+def _refusal(status: int, error: str) -> JsonResponse:
+    return JsonResponse({"error": error}, status=status)
+
+
+@require_POST
+async def run_demo(request: HttpRequest) -> HttpResponseBase:
+    """Start the demo runner on one of the user's graphs; answer 202 at once.
+
+    Form field ``graph_id``. 403 when not logged in or not the graph's owner (the CSRF check of
+    the middleware comes first), 429 while that graph already has its share of demo runs going.
+    """
+    user = await request.auser()
+    graph_id = request.POST.get("graph_id", "")
+    if not user.is_authenticated:
+        return _refusal(403, "Log in to run the demo graph.")
+    if (
+        not 0 < len(graph_id) <= MAX_GRAPH_ID_LENGTH
+        or not await Graph.objects.filter(pk=graph_id, owner=user).aexists()
+    ):
+        return _refusal(403, "Not allowed to run a demo on this graph.")
+    task_name = f"demo-graph:{graph_id}"
+    if sum(task.get_name() == task_name for task in DEMO_TASKS) >= MAX_DEMO_RUNS_PER_GRAPH:
+        return _refusal(429, "This graph is already running demo executions; try again soon.")
+    try:
+        # Imported here so that the dashboard works even where the demo runner is absent.
+        from executions.demo import run_demo_graph
+    except ImportError:
+        logger.exception("The demo runner (executions.demo) cannot be imported.")
+        return _refusal(503, "The demo runner is not available on this server.")
+    task = asyncio.create_task(run_demo_graph(graph_id), name=task_name)
+    DEMO_TASKS.add(task)
+    task.add_done_callback(_demo_finished)
+    return JsonResponse({"graph_id": graph_id, "started": True}, status=202)
+
+
+def _demo_finished(task: "asyncio.Task[Any]") -> None:
+    DEMO_TASKS.discard(task)
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        logger.error("Demo run %s failed", task.get_name(), exc_info=error)

@@ -109,7 +109,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 # "pubsub" (the default, see the README's "Choosing a Redis layer") or "core".

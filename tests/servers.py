@@ -136,11 +136,14 @@ def prepare_site(directory: Path, redis_url: str | None = None) -> Site:
 class DaphneServer:
     """``python -m daphne`` serving ``project.asgi:application`` on a free local port."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path, name: str = "daphne") -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_dir: Path, name: str = "daphne", port: int = 0
+    ) -> None:
         self.env = dict(env)
         self.log_dir = log_dir
         self.name = name
         self.port = 0
+        self.fixed_port = port  # 0: a free port, picked at each start()
         self.process: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
 
@@ -172,7 +175,7 @@ class DaphneServer:
     def start(self) -> None:
         """Spawn daphne; wait_ready() then waits until it answers."""
         assert self.process is None, f"{self.name} is already started"
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         self._log_path = self.log_dir / f"{self.name}-{self.port}.log"
         with self._log_path.open("wb") as log:
             self.process = subprocess.Popen(
