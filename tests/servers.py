@@ -16,13 +16,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from tests.support import free_port
+from tests.support import free_port, redis_url_or_skip
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANAGE_PY = REPO_ROOT / "manage.py"
@@ -263,10 +263,39 @@ def running(*servers: DaphneServer) -> Iterator[tuple[DaphneServer, ...]]:
         yield servers
 
 
-def _post_json(url: str, body: Any, bearer: str | None, timeout: float) -> tuple[int, Any]:
-    data = json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="POST")
-    request.add_header("Content-Type", "application/json")
+ServerPair = tuple["DaphneServer", "DaphneServer"]
+
+
+@contextlib.contextmanager
+def redis_server_pairs(
+    site: Site, log_dir: Path, prefix: str = ""
+) -> Iterator[Callable[[str], ServerPair]]:
+    """Two daphne processes on the site's database per Redis layer, started on first use."""
+    pairs: dict[str, ServerPair] = {}
+    with contextlib.ExitStack() as stack:
+
+        def pair(layer: str) -> ServerPair:
+            if layer not in pairs:
+                env = site.with_redis(redis_url_or_skip(), layer)
+                servers = (
+                    DaphneServer(env, log_dir, f"{prefix}{layer}-a"),
+                    DaphneServer(env, log_dir, f"{prefix}{layer}-b"),
+                )
+                stack.enter_context(running(*servers))
+                pairs[layer] = servers
+            return pairs[layer]
+
+        yield pair
+
+
+def request_json(
+    url: str, body: Any = None, bearer: str | None = None, timeout: float = 30.0
+) -> tuple[int, Any]:
+    """GET `url` (or POST `body` as JSON) and return (status, parsed JSON body), errors too."""
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if bearer is not None:
         request.add_header("Authorization", f"Bearer {bearer}")
     try:
@@ -282,7 +311,7 @@ async def post_executions(
 ) -> tuple[int, Any]:
     """POST `body` to the server's /api/executions; return (status, parsed JSON body)."""
     url = f"{server.http_url}/api/executions"
-    return await asyncio.to_thread(_post_json, url, body, bearer, seconds)
+    return await asyncio.to_thread(request_json, url, body, bearer, seconds)
 
 
 class UvicornServer(DaphneServer):

@@ -24,11 +24,12 @@ from websockets.typing import Origin
 from executions.schemas import ExecutionResult, execution_event_frame
 from tests.servers import (
     DaphneServer,
+    ServerPair,
     Site,
     post_executions,
     prepare_site,
+    redis_server_pairs,
     run_manage,
-    running,
 )
 from tests.support import redis_url_or_skip
 
@@ -78,29 +79,13 @@ def server(people: People, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield daphne
 
 
-ServerPair = tuple[DaphneServer, DaphneServer]
-
-
 @pytest.fixture(scope="module")
 def redis_servers(
     people: People, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[[str], ServerPair]]:
-    """Two daphne processes on the same Redis layer ("pubsub" or "core"), started on demand."""
+    """Two daphne processes on one SQLite file and one Redis layer, started on demand."""
     log_dir = tmp_path_factory.mktemp("redis-logs")
-    pairs: dict[str, ServerPair] = {}
-    with contextlib.ExitStack() as stack:
-
-        def pair(layer: str) -> ServerPair:
-            if layer not in pairs:
-                env = people.site.with_redis(redis_url_or_skip(), layer)
-                servers = (
-                    DaphneServer(env, log_dir, f"{layer}-a"),
-                    DaphneServer(env, log_dir, f"{layer}-b"),
-                )
-                stack.enter_context(running(*servers))
-                pairs[layer] = servers
-            return pairs[layer]
-
+    with redis_server_pairs(people.site, log_dir, "") as pair:
         yield pair
 
 

@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -20,8 +18,15 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from executions.schemas import ExecutionResult, execution_event_frame
-from tests.servers import DaphneServer, Site, post_executions, prepare_site, running
-from tests.support import redis_url_or_skip
+from tests.servers import (
+    DaphneServer,
+    ServerPair,
+    Site,
+    post_executions,
+    prepare_site,
+    redis_server_pairs,
+    request_json,
+)
 
 RUN = uuid.uuid4().hex[:12]
 
@@ -75,29 +80,13 @@ def server(people: People, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield daphne
 
 
-ServerPair = tuple[DaphneServer, DaphneServer]
-
-
 @pytest.fixture(scope="module")
 def redis_servers(
     people: People, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[[str], ServerPair]]:
     """Two daphne processes on one SQLite file and one Redis layer, started on demand."""
     log_dir = tmp_path_factory.mktemp("redis-logs")
-    pairs: dict[str, ServerPair] = {}
-    with contextlib.ExitStack() as stack:
-
-        def pair(layer: str) -> ServerPair:
-            if layer not in pairs:
-                env = people.site.with_redis(redis_url_or_skip(), layer)
-                servers = (
-                    DaphneServer(env, log_dir, f"resume-{layer}-a"),
-                    DaphneServer(env, log_dir, f"resume-{layer}-b"),
-                )
-                stack.enter_context(running(*servers))
-                pairs[layer] = servers
-            return pairs[layer]
-
+    with redis_server_pairs(people.site, log_dir, "resume-") as pair:
         yield pair
 
 
@@ -419,23 +408,11 @@ HISTORY_EVENTS = 250
 HISTORY_PAGE = 100
 
 
-def _get_json(url: str, bearer: str | None, timeout: float) -> tuple[int, Any]:
-    request = urllib.request.Request(url, method="GET")
-    if bearer is not None:
-        request.add_header("Authorization", f"Bearer {bearer}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read() or b"null")
-
-
 async def get_history(
     server: DaphneServer, graph_id: str, since: int, limit: int, bearer: str | None
 ) -> tuple[int, Any]:
     url = f"{server.http_url}/api/graphs/{graph_id}/executions?since={since}&limit={limit}"
-    return await asyncio.to_thread(_get_json, url, bearer, RECEIVE_TIMEOUT)
+    return await asyncio.to_thread(request_json, url, None, bearer, RECEIVE_TIMEOUT)
 
 
 async def test_history_endpoint_over_the_real_server(
