@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 _SIZE_OPTIONS = ("maxMessagePayloadSize", "maxFramePayloadSize")
+# How long a closing connection waits for the client's close frame before dropping the socket.
+# autobahn's 1 s is too short for a slow consumer, whose 4008 sits behind the frames it has not
+# read yet: with a few seconds, a client that reads again learns why it was closed.
+CLOSE_HANDSHAKE_SECONDS = 5
 
 
 @dataclass
@@ -49,6 +53,7 @@ def configure_daphne(settings: DaphneWebSocketSettings) -> None:
                     limit = chosen.max_message_bytes
                     options[name] = limit if given <= 0 else min(given, limit)
             options["autoPingTimeout"] = chosen.ping_timeout
+            options["closeHandshakeTimeout"] = CLOSE_HANDSHAKE_SECONDS
             # daphne's timeout checker reads the interval from its Server, every 2 s.
             self.server_class.ping_interval = chosen.ping_interval
         # Send the 1009 close frame (with its reason) instead of dropping the TCP connection.
