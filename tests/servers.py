@@ -133,6 +133,18 @@ def prepare_site(directory: Path, redis_url: str | None = None) -> Site:
     return Site(database=database, env=env)
 
 
+def stop_process(process: "subprocess.Popen[bytes] | None", timeout: float) -> None:
+    """SIGTERM a running subprocess, then SIGKILL it if it has not exited within `timeout`."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 class DaphneServer:
     """``python -m daphne`` serving ``project.asgi:application`` on a free local port."""
 
@@ -145,6 +157,7 @@ class DaphneServer:
         self.port = 0
         self.fixed_port = port  # 0: a free port, picked at each start()
         self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
         self._log_path: Path | None = None
 
     @property
@@ -174,9 +187,11 @@ class DaphneServer:
 
     def start(self) -> None:
         """Spawn daphne; wait_ready() then waits until it answers."""
-        assert self.process is None, f"{self.name} is already started"
+        alive = self.process is not None and self.process.poll() is None
+        assert not alive, f"{self.name} is already running"
         self.port = self.fixed_port or free_port()
-        self._log_path = self.log_dir / f"{self.name}-{self.port}.log"
+        self.starts += 1
+        self._log_path = self.log_dir / f"{self.name}-{self.port}-{self.starts}.log"
         with self._log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 self.command(),
@@ -230,15 +245,7 @@ class DaphneServer:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if daphne has not exited within a bounded wait."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=SHUTDOWN_TIMEOUT)
+        stop_process(self.process, SHUTDOWN_TIMEOUT)
 
     def assert_running(self) -> None:
         assert self.process is not None, f"{self.name} was never started"

@@ -10,9 +10,8 @@ import asyncio
 import contextlib
 import itertools
 import json
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from executions.client import (
     connect,
 )
 from executions.schemas import ExecutionResult
-from tests.servers import REPO_ROOT, DaphneServer, Site, post_executions, prepare_site
+from tests.servers import DaphneServer, Site, post_executions, prepare_site
 from tests.support import free_port
 
 RUN = uuid.uuid4().hex[:8]
@@ -84,25 +83,8 @@ def server(people: People, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 class SamePortDaphne(DaphneServer):
     """A daphne that comes back on the same port after being stopped or killed."""
 
-    home_port: int | None = None  # the port it always comes back on
-    starts = 0
-
-    def start(self) -> None:
-        assert self.process is None or self.process.poll() is not None
-        if self.home_port is None:
-            self.home_port = free_port()
-        self.port = self.home_port
-        self.starts += 1
-        self._log_path = self.log_dir / f"{self.name}-{self.port}-{self.starts}.log"
-        with self._log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+    def __init__(self, env: Mapping[str, str], log_dir: Path, name: str) -> None:
+        super().__init__(env, log_dir, name, port=free_port())
 
     def kill(self) -> None:
         """SIGKILL: the clients' connections drop with no close frame at all."""

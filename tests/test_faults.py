@@ -37,7 +37,15 @@ from websockets.exceptions import ConnectionClosed
 
 from executions.groups import graph_group_name
 from executions.layers import channel_layer_config
-from tests.servers import REPO_ROOT, DaphneServer, Site, post_executions, prepare_site, running
+from tests.servers import (
+    REPO_ROOT,
+    DaphneServer,
+    Site,
+    post_executions,
+    prepare_site,
+    running,
+    stop_process,
+)
 from tests.support import free_port
 
 RUN = uuid.uuid4().hex[:12]
@@ -479,15 +487,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within a bounded wait."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(self.process, 5)
 
 
 @contextlib.contextmanager
