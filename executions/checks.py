@@ -3,7 +3,8 @@
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connection
 
 from executions import conf
 from executions.layers import IN_MEMORY_LAYER
@@ -39,5 +40,24 @@ def check_ingest_token(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             hint="Set EXECUTIONS_INGEST_TOKEN to a long random value, e.g. "
             "python -c 'import secrets; print(secrets.token_urlsafe(32))'.",
             id="executions.W002",
+        )
+    ]
+
+
+SUPPORTED_DATABASE_VENDORS = ("sqlite", "postgresql")
+
+
+@register(Tags.compatibility)
+def check_database_vendor(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    # history.py numbers events with INSERT .. ON CONFLICT .. RETURNING (the vendor is known
+    # from the settings, no connection is made).
+    vendor = connection.vendor
+    if vendor in SUPPORTED_DATABASE_VENDORS:
+        return []
+    return [
+        Error(
+            f"The executions app stores its history on SQLite or PostgreSQL, not {vendor}.",
+            hint="Point the default database at SQLite or PostgreSQL.",
+            id="executions.E001",
         )
     ]

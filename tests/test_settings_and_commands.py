@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
+from executions.checks import check_database_vendor
 from executions.models import Graph
 from tests.conftest import make_result
 
@@ -80,6 +82,20 @@ def test_an_unknown_redis_layer_is_a_configuration_error() -> None:
 
     assert completed.returncode != 0
     assert "EXECUTIONS_REDIS_LAYER" in completed.stderr
+
+
+def test_the_databases_the_history_is_written_for_pass_the_checks() -> None:
+    assert check_database_vendor(None) == []
+
+
+def test_any_other_database_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No MySQL driver is installed here, so the vendor is the one thing that can be swapped.
+    monkeypatch.setattr(connection, "vendor", "mysql")
+
+    (error,) = check_database_vendor(None)
+
+    assert error.id == "executions.E001"
+    assert "mysql" in error.msg
 
 
 def test_register_graph_gives_the_owner_the_graph(alice: Any) -> None:
