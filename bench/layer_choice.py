@@ -111,7 +111,7 @@ def effective_capacity(layer: Any) -> int | None:
 
 def base_event(graph_id: str) -> dict[str, Any]:
     """A real execution.result layer event whose frame is about FRAME_BYTES long."""
-    from executions.events import layer_event
+    from executions.fanout import layer_event
     from executions.schemas import ExecutionResult, ExecutionStatus
 
     def result(padding: str) -> ExecutionResult:

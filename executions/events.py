@@ -5,10 +5,9 @@ here: validate, store in the caller's transaction (or one of its own), and send 
 subscribers only after that transaction commits, never for one that rolls back.
 """
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -17,11 +16,13 @@ from django.db import transaction
 
 from executions import history, metrics
 from executions.exceptions import PublishNotDelivered
+from executions.fanout import hand_out_in_process, layer_event
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
-from executions.schemas import EXECUTION_RESULT_EVENT, ExecutionResult
+from executions.schemas import ExecutionResult
 
 ResultLike = ExecutionResult | Mapping[str, Any]
+_T = TypeVar("_T")
 
 
 def _validated(results: Iterable[ResultLike]) -> list[ExecutionResult]:
@@ -31,27 +32,21 @@ def _validated(results: Iterable[ResultLike]) -> list[ExecutionResult]:
     ]
 
 
-def layer_event(event: StoredEvent) -> dict[str, Any]:
-    """The channel-layer message for a stored event: its frame, serialized once for all."""
-    return {
-        "type": EXECUTION_RESULT_EVENT,
-        "graph_id": event.graph_id,
-        "seq": event.seq,
-        "frame": event.frame,
-        "published_at": time.time(),
-    }
-
-
 async def broadcast(events: Sequence[StoredEvent]) -> None:
     """Send stored events to their graphs' subscribers, in order.
 
+    Each event goes straight to this process's own subscribers, then through the layer to
+    every process's (this one's fan-out drops the copy it already handed out).
+
     Raises PublishNotDelivered when the channel layer fails: the events are stored, and reach
-    subscribers that resume with ``since``, but not the live stream.
+    subscribers that resume with ``since``, but not the live stream of other processes.
     """
     layer = get_channel_layer()
     for sent, event in enumerate(events):
+        message = layer_event(event)
+        hand_out_in_process(layer, message)
         try:
-            await layer.group_send(graph_group_name(event.graph_id), layer_event(event))
+            await layer.group_send(graph_group_name(event.graph_id), message)
         except Exception as exc:
             metrics.LAYER_FAILURES.labels("group_send").inc()
             raise PublishNotDelivered(events[sent:]) from exc
@@ -60,6 +55,7 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
 
 def _store(results: list[ExecutionResult]) -> tuple[list[StoredEvent], bool]:
     """Store results; return them and whether sending waits for an enclosing transaction."""
+
     stored = history.record(results)
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(partial(async_to_sync(broadcast), stored))
@@ -82,6 +78,7 @@ async def send_execution_results(
     if not validated:
         return []
     store = database_sync_to_async(_store, thread_sensitive=not outside_any_transaction)
+
     stored, deferred = await store(validated)
     if not deferred:
         await broadcast(stored)

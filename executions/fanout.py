@@ -14,14 +14,15 @@ subscriber for longer than about two sweeps.
 
 import asyncio
 import logging
+import time
 import weakref
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 
 from executions import conf, history, membership, metrics
-from executions.events import layer_event
 from executions.groups import graph_group_name
+from executions.history import StoredEvent
 from executions.schemas import EXECUTION_RESULT_EVENT
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,17 @@ logger = logging.getLogger(__name__)
 RECEIVE_RETRY_SECONDS = 1.0
 # Events handed out in a row before the connections get a turn to send them.
 YIELD_EVERY = 64
+
+
+def layer_event(event: StoredEvent) -> dict[str, Any]:
+    """The channel-layer message for a stored event: its frame, serialized once for all."""
+    return {
+        "type": EXECUTION_RESULT_EVENT,
+        "graph_id": event.graph_id,
+        "seq": event.seq,
+        "frame": event.frame,
+        "published_at": time.time(),
+    }
 
 
 class Receiver(Protocol):
@@ -112,16 +124,24 @@ class LocalFanout:
                 await asyncio.sleep(RECEIVE_RETRY_SECONDS)
                 continue
             if event.get("type") == EXECUTION_RESULT_EVENT:
-                self._hand_out(event)
+                self.hand_out(event)
             handed_out += 1
             if handed_out % YIELD_EVERY == 0:
                 # A receive that finds a message ready does not yield: let the connections
                 # send now and then, so a long burst does not pile up in their backlogs.
                 await asyncio.sleep(0)
 
-    def _hand_out(self, event: dict[str, Any]) -> None:
-        graph_id = event["graph_id"]
-        self._seen[graph_id] = max(self._seen.get(graph_id, 0), event["seq"])
+    def hand_out(self, event: dict[str, Any]) -> None:
+        """Give an event to every local subscriber of its graph, unless a later one went first.
+
+        A number at or below the highest handed out is a copy (an event published here comes
+        straight from the publisher, then again through the layer) or a late arrival that the
+        connections have already read from the history when they saw the gap before it.
+        """
+        graph_id, seq = event["graph_id"], event["seq"]
+        if seq <= self._seen.get(graph_id, 0):
+            return
+        self._seen[graph_id] = seq
         for receiver in tuple(self.members.get(graph_id, ())):
             receiver.enqueue(event)
 
@@ -146,7 +166,7 @@ class LocalFanout:
                 missed = await database_sync_to_async(history.events_after)(graph_id, head - 1, 1)
                 for stored in missed:
                     metrics.EVENTS_RECOVERED.inc()
-                    self._hand_out(layer_event(stored))
+                    self.hand_out(layer_event(stored))
         return await database_sync_to_async(history.heads)(list(self.members))
 
     async def _refresh_forever(self, interval: float) -> None:
@@ -165,6 +185,23 @@ class LocalFanout:
 _fanouts: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, LocalFanout]]" = (
     weakref.WeakKeyDictionary()
 )
+
+
+def hand_out_in_process(layer: Any, event: dict[str, Any]) -> None:
+    """Give an event published in this process to its own subscribers, without the layer.
+
+    The layer brings the same event a moment later (to other processes too); this process's
+    fan-out drops that copy. Fan-outs of other event loops in the process get it on their loop.
+    """
+    running = asyncio.get_running_loop()
+    for loop, per_layer in list(_fanouts.items()):
+        fanout = per_layer.get(id(layer))
+        if fanout is None or fanout.layer is not layer or event["graph_id"] not in fanout.members:
+            continue
+        if loop is running:
+            fanout.hand_out(event)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(fanout.hand_out, event)
 
 
 def local_fanout(layer: Any) -> LocalFanout:

@@ -138,7 +138,7 @@ async def test_a_gap_in_the_live_stream_is_filled_from_history(
     connect: Any, alice_token: str, channel_layer: Any
 ) -> None:
     """An event the layer lost (or that arrives late) is read back from the history."""
-    from executions.events import layer_event
+    from executions.fanout import layer_event
     from executions.groups import graph_group_name
 
     client = await connect(token=alice_token)
