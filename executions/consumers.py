@@ -19,7 +19,13 @@ from executions.fanout import local_fanout
 from executions.history import StoredEvent
 from executions.inbound import decode_client_message, subscription_request
 from executions.limits import TokenBucket, open_connections
-from executions.outbox import Backlog, daphne_protocol, innermost_send, watch_transport
+from executions.outbox import (
+    Backlog,
+    SocketFrames,
+    daphne_protocol,
+    innermost_send,
+    watch_transport,
+)
 from executions.protocol import (
     CloseCode,
     ErrorText,
@@ -75,6 +81,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         self.base_send = send
         self._server_send = innermost_send(send)
         self._pressure = watch_transport(send)
+        self._socket_frames = SocketFrames.for_send(send)
         protocol = daphne_protocol(send)
         if protocol is not None:
             shutdown.track(protocol)
@@ -260,7 +267,8 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     async def _send_event(self, subscription: Subscription, seq: int, frame: str) -> None:
         text = numbered_frame(frame, seq) if subscription.numbered else frame
-        await self._server_send({"type": "websocket.send", "text": text})
+        if self._socket_frames is None or not self._socket_frames.send_text(text):
+            await self._server_send({"type": "websocket.send", "text": text})
         subscription.delivered = seq
         metrics.FRAMES_DELIVERED.inc()
 

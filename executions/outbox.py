@@ -131,3 +131,75 @@ class _BothProducers:
     def stopProducing(self) -> None:
         self.first.stopProducing()
         self.second.stopProducing()
+
+
+class SocketFrames:
+    """Writes text frames straight to a daphne connection's socket, ahead of Twisted and autobahn.
+
+    Under daphne each frame otherwise goes through the ASGI send, autobahn's framing (which
+    formats debug-log arguments for every frame) and Twisted's write buffer, which registers the
+    socket with the event loop and writes it on a later turn, then unregisters it: several
+    microseconds of Python and two epoll calls per frame, and a frame that waits for the loop.
+    Here a frame is one non-blocking send, as asyncio's own transports do. Whatever the socket
+    does not take right away goes to Twisted's buffer, and while that buffer holds anything
+    every frame goes there too, so bytes always leave in order and Twisted's flow control (the
+    TransportPressure) still sees a client that stops reading.
+
+    Only for plain TCP connections without compression; anything else (TLS, permessage-deflate,
+    another server) gets None from ``for_send`` and keeps the ASGI send.
+    """
+
+    __slots__ = ("_protocol", "_socket", "_transport")
+
+    def __init__(self, protocol: Any, transport: Any) -> None:
+        self._protocol = protocol
+        self._transport = transport
+        self._socket = transport.socket
+
+    @classmethod
+    def for_send(cls, send: Any) -> "SocketFrames | None":
+        protocol = daphne_protocol(send)
+        transport = getattr(protocol, "transport", None)
+        if transport is None or getattr(protocol, "_perMessageCompress", True) is not None:
+            return None
+        from twisted.internet.tcp import Server
+
+        if type(transport) is not Server or transport.TLS:
+            return None
+        return cls(protocol, transport)
+
+    def send_text(self, text: str) -> bool:
+        """Send one text frame; False when the WebSocket is no longer open (nothing sent)."""
+        protocol = self._protocol
+        if protocol.state != protocol.STATE_OPEN:
+            return False
+        frame = text_frame(text.encode())
+        transport = self._transport
+        # Bytes still waiting in autobahn's queue or Twisted's buffer go first.
+        if (
+            protocol.send_queue
+            or transport._tempDataLen
+            or len(transport.dataBuffer) > transport.offset
+        ):
+            transport.write(frame)
+            return True
+        try:
+            sent = self._socket.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Let Twisted meet the error on its own write and close the connection its way.
+            sent = 0
+        if sent < len(frame):
+            transport.write(frame[sent:])
+        return True
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked WebSocket text frame (RFC 6455, 5.2), as a server sends it."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 1 << 16:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
