@@ -172,6 +172,7 @@ class ServerSpec:
     env: dict[str, str]
     token: str = ""  # WebSocket token (?token=)
     ingest_token: str = ""  # Bearer token of POST /api/executions
+    asgi: str = "project.asgi:application"  # our app's ASGI entry (bench/probe_asgi.py wraps it)
 
     def command(self, port: int) -> list[str]:
         python = sys.executable
@@ -182,8 +183,8 @@ class ServerSpec:
         if self.name.startswith("daphne"):
             # -v 0: no access log line per request and per connection, as uvicorn runs here.
             daphne = ["-m", "daphne", "-v", "0", "-b", HOST, "-p", str(port)]
-            return [python, *daphne, "project.asgi:application"]
-        uvicorn = ["-m", "uvicorn", "project.asgi:application", "--host", HOST, "--port"]
+            return [python, *daphne, self.asgi]
+        uvicorn = ["-m", "uvicorn", self.asgi, "--host", HOST, "--port"]
         return [python, *uvicorn, str(port), "--no-access-log", "--log-level", "warning"]
 
 
