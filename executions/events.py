@@ -7,7 +7,7 @@ subscribers only after that transaction commits, never for one that rolls back.
 
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -20,9 +20,9 @@ from executions.fanout import hand_out_in_process, layer_event
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
 from executions.schemas import ExecutionResult
+from executions.writers import writers
 
 ResultLike = ExecutionResult | Mapping[str, Any]
-_T = TypeVar("_T")
 
 
 def _validated(results: Iterable[ResultLike]) -> list[ExecutionResult]:
@@ -71,15 +71,16 @@ async def send_execution_results(
     The storing runs in the thread of the calling sync code, so a transaction it has open
     holds the results back until it commits. Code that knows no transaction can be open (an
     async view such as the ingest endpoint) passes ``outside_any_transaction=True``: the
-    storing then runs in a pooled thread that keeps its database connection, instead of one
-    made for the request.
+    storing then runs in one of the writer threads (writers.py), which keep their database
+    connections, instead of a thread made for the request.
     """
     validated = _validated(results)
     if not validated:
         return []
-    store = database_sync_to_async(_store, thread_sensitive=not outside_any_transaction)
-
-    stored, deferred = await store(validated)
+    if outside_any_transaction:
+        stored, deferred = await writers.run(_store, validated)
+    else:
+        stored, deferred = await database_sync_to_async(_store)(validated)
     if not deferred:
         await broadcast(stored)
     return [event.seq for event in stored]
