@@ -1,0 +1,64 @@
+"""The ingest's SQLite writer: checkpoints its write-ahead log after publishes, not inside them.
+
+Left to itself, SQLite copies the log back into the database inside whichever commit finds it
+past 1,000 pages, so the log file grows to that size and one publish in a few hundred pays for
+the copy. The writer thread checkpoints every few dozen events instead, after handing the
+publish back: the log never gets near that size.
+"""
+
+import asyncio
+import http.client
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import make_result
+from tests.servers import INGEST_TOKEN, DaphneServer, prepare_site
+
+PUBLISHES = 1500
+# SQLite's own threshold (wal_autocheckpoint's default), in pages.
+AUTOCHECKPOINT_PAGES = 1000
+
+
+def publish_one_by_one(port: int, count: int) -> list[int]:
+    """POST `count` single events on one keep-alive connection; their statuses."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": f"Bearer {INGEST_TOKEN}", "Content-Type": "application/json"}
+    statuses = []
+    try:
+        for index in range(count):
+            body: dict[str, Any] = make_result("writers", node_exec_id=str(index)).model_dump(
+                mode="json"
+            )
+            connection.request("POST", "/api/executions", json.dumps(body), headers)
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+    finally:
+        connection.close()
+    return statuses
+
+
+async def test_the_write_ahead_log_stays_far_below_sqlites_own_checkpoint_size(
+    tmp_path: Path,
+) -> None:
+    site = prepare_site(tmp_path)
+    wal = site.database.with_name(site.database.name + "-wal")
+    with DaphneServer(site.env, tmp_path, "writers") as server:
+        statuses = await asyncio.to_thread(publish_one_by_one, server.port, PUBLISHES)
+        server.assert_running()
+        # While the server runs: its last connection to close removes the log.
+        wal_bytes = wal.stat().st_size
+
+    assert statuses == [202] * PUBLISHES
+    with sqlite3.connect(site.database) as database:
+        page_size = database.execute("PRAGMA page_size").fetchone()[0]
+        stored = database.execute(
+            "SELECT COUNT(*), MIN(seq), MAX(seq) FROM executions_executionevent "
+            "WHERE graph_id = 'writers'"
+        ).fetchone()
+    assert stored == (PUBLISHES, 1, PUBLISHES)
+    wal_pages = wal_bytes / page_size
+    print(f"writer figures: publishes={PUBLISHES} wal_pages={wal_pages:.0f}")
+    assert wal_pages < AUTOCHECKPOINT_PAGES / 2
