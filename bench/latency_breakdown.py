@@ -42,8 +42,8 @@ STAGES = {
     "writer_start": "writer start",
     "writer_end": "writer end",
     "loop": "back on the loop",
-    "first_send": "first _send_event",
-    "last_send": "last _send_event",
+    "first_send": "first frame sent",
+    "last_send": "last frame sent",
     "first_write": "first socket write",
     "last_write": "last socket write",
 }
@@ -179,7 +179,7 @@ def report(breakdowns: list[Breakdown], sizes: run.Sizes, command: str, when: st
         "- Each row is the time from one stage to the next, per event, in the order the events "
         "reach the stages (by median); percentiles of each row are taken on their own, so they "
         "do not add up to the total's. Under uvicorn the marks run from the app's entry to the "
-        "last _send_event: its sockets are uvloop's, written from C code that cannot be wrapped.",
+        "last frame sent: its sockets are uvloop's, written from C code that cannot be wrapped.",
         "- The probes cost the server a microsecond or two per mark, a few tens of microseconds "
         "per event, so the scenario's figures here sit a little above those of an unprobed "
         "run (bench/run.py).",

@@ -13,7 +13,7 @@ Stages of one event, in order (the first two and the last two only under daphne)
 - ``app``: IngestEndpoint.__call__, for ``POST /api/executions``;
 - ``writer_start`` / ``writer_end``: history.record() called and returned, in the writer thread;
 - ``loop``: events.broadcast() entered, back on the event loop;
-- ``first_send`` / ``last_send``: the consumers' first and last _send_event of the event;
+- ``first_send`` / ``last_send``: the first and last frame of the event handed to a socket;
 - ``first_write`` / ``last_write``: the first and last socket write of its WebSocket frame.
 
 Socket writes are caught at ``socket.socket.send``, under whichever path the frame takes to
@@ -121,7 +121,7 @@ def _wrap_app() -> None:
     original_call = IngestEndpoint.__call__
     original_record = history.record
     original_broadcast = executions.events.broadcast
-    original_send_event = ExecutionStreamConsumer._send_event
+    original_write_directly = ExecutionStreamConsumer._write_directly
 
     async def call(self: IngestEndpoint, scope: dict[str, Any], receive: Any, send: Any) -> None:
         at = now()
@@ -147,9 +147,11 @@ def _wrap_app() -> None:
             _note(event_key(event.graph_id, event.seq), marks)
         await original_broadcast(events)
 
-    async def send_event(
+    def write_directly(
         self: ExecutionStreamConsumer, subscription: Any, seq: int, frame: str
-    ) -> None:
+    ) -> bool:
+        # Every frame of an event passes here first: sent on the spot by the fan-out, or by the
+        # connection's task (which falls back to the ASGI send when this returns False).
         at = now()
         graph_id = next((g for g, s in self.subscriptions.items() if s is subscription), "")
         key = event_key(graph_id, seq)
@@ -159,12 +161,12 @@ def _wrap_app() -> None:
             connection = getattr(transport, "socket", None)
             if connection is not None:
                 _last_sent[connection] = key
-        await original_send_event(self, subscription, seq, frame)
+        return original_write_directly(self, subscription, seq, frame)
 
     IngestEndpoint.__call__ = call
     history.record = record
     executions.events.broadcast = broadcast
-    ExecutionStreamConsumer._send_event = send_event
+    ExecutionStreamConsumer._write_directly = write_directly
 
 
 def _wrap_daphne() -> None:

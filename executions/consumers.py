@@ -21,8 +21,8 @@ from executions.inbound import decode_client_message, subscription_request
 from executions.limits import TokenBucket, open_connections
 from executions.outbox import (
     Backlog,
-    SocketFrames,
     daphne_protocol,
+    direct_frames,
     innermost_send,
     watch_transport,
 )
@@ -81,7 +81,8 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         self.base_send = send
         self._server_send = innermost_send(send)
         self._pressure = watch_transport(send)
-        self._socket_frames = SocketFrames.for_send(send)
+        self._direct_frames = direct_frames(send)
+        self._idle = False
         protocol = daphne_protocol(send)
         if protocol is not None:
             shutdown.track(protocol)
@@ -114,7 +115,12 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
                 elif self.backlog:
                     await self._wait_until_writable(incoming)
                 else:
-                    await self.backlog.wait()
+                    # Parked with nothing to do: the fan-out may send in-order events itself.
+                    self._idle = True
+                    try:
+                        await self.backlog.wait()
+                    finally:
+                        self._idle = False
         finally:
             incoming.cancel()
 
@@ -124,9 +130,25 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         return incoming
 
     def enqueue(self, event: dict[str, Any]) -> None:
-        """Take an event from the fan-out; never blocks, whatever the client's pace."""
-        if not self._closing:
-            self.backlog.put(event)
+        """Take an event from the fan-out; never blocks, whatever the client's pace.
+
+        A parked connection whose socket takes frames at once (daphne, plain TCP) sends the
+        event on the spot, without waking its task: the fan-out then sends to each local
+        subscriber in turn, as an in-process connection manager would. Anything that needs the
+        task (a gap to fill from the history, a full socket, another server) goes to the backlog.
+        """
+        if self._closing:
+            return
+        if self._idle and self._direct_frames is not None and self._writable():
+            subscription, seq = self._wanted(event)
+            if subscription is None:
+                return
+            if seq == subscription.delivered + 1 and self._write_directly(
+                subscription, seq, event["frame"]
+            ):
+                self._observe_latency(event)
+                return
+        self.backlog.put(event)
 
     async def connect(self) -> None:
         self._messages = TokenBucket(
@@ -175,16 +197,28 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     async def execution_result(self, event: dict[str, Any]) -> None:
         """Forward a published event, already serialized once by the publisher."""
-        graph_id, seq = event["graph_id"], event["seq"]
-        subscription = self.subscriptions.get(graph_id)
-        if subscription is None or seq <= subscription.delivered:
+        subscription, seq = self._wanted(event)
+        if subscription is None:
             return
+        graph_id = event["graph_id"]
         if seq > subscription.delivered + 1:
             missing = await database_sync_to_async(history.events_after)(
                 graph_id, subscription.delivered, seq - subscription.delivered - 1, until=seq - 1
             )
             await self._send_events(subscription, missing)
         await self._send_event(subscription, seq, event["frame"])
+        self._observe_latency(event)
+
+    def _wanted(self, event: dict[str, Any]) -> tuple[Subscription | None, int]:
+        """The subscription an event is for, or None when it was sent already or is not wanted."""
+        seq: int = event["seq"]
+        subscription = self.subscriptions.get(event["graph_id"])
+        if subscription is None or seq <= subscription.delivered:
+            return None, seq
+        return subscription, seq
+
+    @staticmethod
+    def _observe_latency(event: dict[str, Any]) -> None:
         if "published_at" in event:
             metrics.PUBLISH_TO_SEND_SECONDS.observe(time.time() - event["published_at"])
 
@@ -266,9 +300,24 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             await self._send_event(subscription, event.seq, event.frame)
 
     async def _send_event(self, subscription: Subscription, seq: int, frame: str) -> None:
-        text = numbered_frame(frame, seq) if subscription.numbered else frame
-        if self._socket_frames is None or not self._socket_frames.send_text(text):
+        if not self._write_directly(subscription, seq, frame):
+            text = numbered_frame(frame, seq) if subscription.numbered else frame
             await self._server_send({"type": "websocket.send", "text": text})
+            self._sent(subscription, seq)
+
+    def _write_directly(self, subscription: Subscription, seq: int, frame: str) -> bool:
+        """Write the frame straight to daphne's socket; False when this connection cannot."""
+        frames = self._direct_frames
+        if frames is None:
+            return False
+        text = numbered_frame(frame, seq) if subscription.numbered else frame
+        if not frames.send_text(text):
+            return False
+        self._sent(subscription, seq)
+        return True
+
+    @staticmethod
+    def _sent(subscription: Subscription, seq: int) -> None:
         subscription.delivered = seq
         metrics.FRAMES_DELIVERED.inc()
 

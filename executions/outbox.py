@@ -10,6 +10,8 @@ import functools
 from collections import deque
 from typing import Any
 
+from websockets.protocol import State
+
 
 class Backlog:
     """Events waiting to be sent to one connection, bounded by the size of their frames."""
@@ -193,6 +195,52 @@ class SocketFrames:
         if sent < len(frame):
             transport.write(frame[sent:])
         return True
+
+
+class TransportFrames:
+    """Writes text frames straight to a uvicorn connection's transport, ahead of its ASGI send.
+
+    uvicorn's send (its websockets-sansio protocol) frames each message through a protocol
+    object and must be awaited. This writes the same bytes to the same asyncio transport, which
+    sends them at once or buffers them in order, so the fan-out can send without waking the
+    connection's task. Once the transport has paused its writer (its buffer is past the high
+    water mark) this refuses, and the frame takes the ASGI send, which waits for the buffer to
+    drain: the flow control stays uvicorn's. Refuses too when an extension (permessage-deflate)
+    was negotiated, since those frames must be compressed.
+    """
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    @classmethod
+    def for_send(cls, send: Any) -> "TransportFrames | None":
+        protocol = getattr(innermost_send(send), "__self__", None)
+        if type(protocol).__name__ != "WebSocketsSansIOProtocol" or not hasattr(protocol, "conn"):
+            return None
+        return cls(protocol)
+
+    def send_text(self, text: str) -> bool:
+        """Send one text frame; False when it has to go through the ASGI send instead."""
+        protocol = self._protocol
+        connection = protocol.conn
+        if (
+            not protocol.handshake_complete
+            or protocol.close_sent
+            or protocol.disconnected
+            or not protocol.writable.is_set()
+            or connection.state is not State.OPEN
+            or connection.extensions
+        ):
+            return False
+        protocol.transport.write(text_frame(text.encode()))
+        return True
+
+
+def direct_frames(send: Any) -> "SocketFrames | TransportFrames | None":
+    """The fastest way to write this connection's frames, or None for the ASGI send only."""
+    return SocketFrames.for_send(send) or TransportFrames.for_send(send)
 
 
 def text_frame(payload: bytes) -> bytes:
