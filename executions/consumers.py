@@ -31,6 +31,7 @@ from executions.protocol import (
     ErrorText,
     ProtocolViolation,
     ack_frame,
+    close_reason,
     error_frame,
     heartbeat_frame,
     numbered_frame,
@@ -408,7 +409,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         # daphne drops close reasons, so the reason also travels as an error frame first.
         self._closing = True
         await self.send(text_data=error_frame(reason))
-        await self.close(code=code, reason=reason)
+        await self.close(code=code, reason=close_reason(reason))
 
     def _authentication_refusal(self) -> str | None:
         error = self.scope.get(AUTH_ERROR_KEY)

@@ -52,6 +52,22 @@ class ErrorText:
     SERVER_FULL = "This server is at its connection limit; try again later."
 
 
+# A close frame carries at most 125 bytes: the 2-byte code and 123 bytes of UTF-8 reason.
+MAX_CLOSE_REASON_BYTES = 123
+
+
+def close_reason(text: str) -> str:
+    """The reason as a close frame can carry it: cut to 123 bytes, between characters.
+
+    The whole sentence travels in the error frame sent just before the close; a longer reason
+    makes the websockets library (uvicorn's) refuse the close frame and drop the connection.
+    """
+    encoded = text.encode("utf-8")
+    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
+        return text
+    return encoded[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
+
+
 def ack_frame(method: Methods, channel: str, data: dict[str, Any] | None = None) -> str:
     return WsMessage(method=method, data=data, success=True, channel=channel).model_dump_json()
 

@@ -41,6 +41,7 @@ from tests.servers import (
     REPO_ROOT,
     DaphneServer,
     Site,
+    UvicornServer,
     post_executions,
     prepare_site,
     running,
@@ -49,7 +50,8 @@ from tests.servers import (
 from tests.support import free_port
 
 RUN = uuid.uuid4().hex[:12]
-SLOW_GRAPH = f"faults-{RUN}-slow"
+# One graph per server the stalled-client test runs on.
+SLOW_GRAPHS = {"daphne": f"faults-{RUN}-slow", "uvicorn": f"faults-{RUN}-slow-uvicorn"}
 REDIS_GRAPH = f"faults-{RUN}-redis"
 STORM_GRAPH = f"faults-{RUN}-storm"
 SHUTDOWN_GRAPH = f"faults-{RUN}-shutdown"
@@ -77,7 +79,7 @@ class Faults:
 def faults(tmp_path_factory: pytest.TempPathFactory) -> Faults:
     site = prepare_site(tmp_path_factory.mktemp("faults-site"))
     token = site.token_for("alice")
-    graphs = (SLOW_GRAPH, REDIS_GRAPH, STORM_GRAPH, SHUTDOWN_GRAPH, QUIET_GRAPH)
+    graphs = (*SLOW_GRAPHS.values(), REDIS_GRAPH, STORM_GRAPH, SHUTDOWN_GRAPH, QUIET_GRAPH)
     with ThreadPoolExecutor(len(graphs)) as pool:
         list(pool.map(lambda graph_id: site.register_graph(graph_id, owner="alice"), graphs))
     return Faults(site, token)
@@ -296,22 +298,27 @@ async def read_until_closed_or_silent(
     return received
 
 
+# Under daphne and uvicorn alike: each writes frames straight to its sockets (outbox.py) while
+# they take them, and falls back to its own flow control once a socket is full.
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
 async def test_a_stalled_client_is_closed_with_4008_while_ten_readers_get_all_5000(
-    faults: Faults, tmp_path: Path
+    faults: Faults, tmp_path: Path, server_name: str
 ) -> None:
     """One client stops reading: it is closed with 4008, the others lose nothing, RSS stays low."""
+    server_class = {"daphne": DaphneServer, "uvicorn": UvicornServer}[server_name]
+    slow_graph = SLOW_GRAPHS[server_name]
     env = settings_env(
         faults.site, tmp_path, "slow_settings", EXECUTIONS_MAX_BACKLOG_BYTES=SLOW_BACKLOG_BYTES
     )
     bodies = [
-        execution(SLOW_GRAPH, index, os.urandom(SLOW_OUTPUT_BYTES // 2).hex())
+        execution(slow_graph, index, os.urandom(SLOW_OUTPUT_BYTES // 2).hex())
         for index in range(SLOW_EVENTS)
     ]
     expected = [(seq, body["node_exec_id"]) for seq, body in enumerate(bodies, start=1)]
     received = [Received() for _ in range(SLOW_READERS)]
     stalled_got = Received()
 
-    with DaphneServer(env, tmp_path, "slow") as server:
+    with server_class(env, tmp_path, "slow") as server:
         baseline = rss(server)
         async with contextlib.AsyncExitStack() as stack:
             readers = [
@@ -323,7 +330,7 @@ async def test_a_stalled_client_is_closed_with_4008_while_ten_readers_get_all_50
                 ws_client(server, faults.token, max_queue=1, max_size=64 * 1024)
             )
             for connection in [*readers, stalled]:
-                assert (await subscribe(connection, SLOW_GRAPH, since=0))["data"]["head"] == 0
+                assert (await subscribe(connection, slow_graph, since=0))["data"]["head"] == 0
 
             async def server_gives_up() -> None:
                 # Polls the server's counter: nothing here could set an Event for it.
@@ -391,7 +398,7 @@ async def test_a_stalled_client_is_closed_with_4008_while_ten_readers_get_all_50
 
     delivered = [len(got.events) for got in received]
     print(
-        f"slow consumer figures: readers={SLOW_READERS} events={SLOW_EVENTS} "
+        f"slow consumer figures ({server_name}): readers={SLOW_READERS} events={SLOW_EVENTS} "
         f"delivered_each={min(delivered)}..{max(delivered)} "
         f"stalled_close={stalled_got.close_code} stalled_frames={len(stalled_got.events)} "
         f"slow_consumer_disconnects={after[SLOW_DISCONNECTS]:.0f} "

@@ -7,7 +7,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from executions.events import send_execution_result
-from executions.protocol import ErrorText
+from executions.protocol import MAX_CLOSE_REASON_BYTES, ErrorText, close_reason
 from tests.conftest import subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -252,3 +252,24 @@ async def test_the_limit_counts_utf8_bytes_not_characters(client: Any) -> None:
     await client.receive_from(timeout=5)
     closed = await client.receive_output(timeout=5)
     assert closed["code"] == 4009
+
+
+# --- close reasons ------------------------------------------------------------------------
+
+
+def test_a_close_reason_is_cut_to_what_a_close_frame_carries() -> None:
+    reason = close_reason(ErrorText.SLOW_CONSUMER)
+
+    assert len(ErrorText.SLOW_CONSUMER.encode()) > MAX_CLOSE_REASON_BYTES
+    assert len(reason.encode()) <= MAX_CLOSE_REASON_BYTES
+    assert ErrorText.SLOW_CONSUMER.startswith(reason)
+
+
+def test_a_close_reason_is_cut_between_characters() -> None:
+    reason = close_reason("é" * 100)  # 200 bytes, 2 per character
+
+    assert reason == "é" * 61  # 122 bytes: half a character is never sent
+
+
+def test_a_short_close_reason_is_kept_whole() -> None:
+    assert close_reason(ErrorText.SERVER_FULL) == ErrorText.SERVER_FULL
