@@ -12,6 +12,8 @@ from typing import Any
 
 from websockets.protocol import State
 
+from executions.protocol import CACHED_FRAME_LIMIT
+
 
 class Backlog:
     """Events waiting to be sent to one connection, bounded by the size of their frames."""
@@ -175,7 +177,7 @@ class SocketFrames:
         protocol = self._protocol
         if protocol.state != protocol.STATE_OPEN:
             return False
-        frame = text_frame(text.encode())
+        frame = wire_text_frame(text)
         transport = self._transport
         # Bytes still waiting in autobahn's queue or Twisted's buffer go first.
         if (
@@ -234,13 +236,30 @@ class TransportFrames:
             or connection.extensions
         ):
             return False
-        protocol.transport.write(text_frame(text.encode()))
+        protocol.transport.write(wire_text_frame(text))
         return True
 
 
 def direct_frames(send: Any) -> "SocketFrames | TransportFrames | None":
     """The fastest way to write this connection's frames, or None for the ASGI send only."""
     return SocketFrames.for_send(send) or TransportFrames.for_send(send)
+
+
+# Frames up to CACHED_FRAME_LIMIT are built once for all the connections they go to; the cache
+# holds the last few, which is all a fan-out needs: it hands an event to every subscriber in turn.
+CACHED_FRAMES = 16
+
+
+def wire_text_frame(text: str) -> bytes:
+    """The bytes of a text frame; the same text object gets the same bytes, built once."""
+    if len(text) > CACHED_FRAME_LIMIT:
+        return text_frame(text.encode())
+    return _cached_text_frame(text)
+
+
+@functools.lru_cache(maxsize=CACHED_FRAMES)
+def _cached_text_frame(text: str) -> bytes:
+    return text_frame(text.encode())
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -1,5 +1,6 @@
 """Replies and close codes of the WebSocket protocol, built in one place."""
 
+import functools
 from typing import Any, Final
 
 from executions.schemas import Methods, WsMessage
@@ -72,9 +73,27 @@ def ack_frame(method: Methods, channel: str, data: dict[str, Any] | None = None)
     return WsMessage(method=method, data=data, success=True, channel=channel).model_dump_json()
 
 
+# Frames up to this size are built once for all the subscribers they go to (numbered texts
+# here, frame bytes in outbox.py); larger ones are rare and not worth keeping around.
+CACHED_FRAME_LIMIT = 64 * 1024
+
+
 def numbered_frame(frame: str, seq: int) -> str:
-    """An event frame with its sequence number appended as the envelope's last key, ``seq``."""
+    """An event frame with its sequence number appended as the envelope's last key, ``seq``.
+
+    Every numbered subscriber of a graph gets the same text: it is built once (and then its
+    bytes, see outbox.wire_text_frame), unless it is large enough not to be worth keeping.
+    """
+    if len(frame) > CACHED_FRAME_LIMIT:
+        return _numbered(frame, seq)
+    return _cached_numbered(frame, seq)
+
+
+def _numbered(frame: str, seq: int) -> str:
     return f'{frame[:-1]},"seq":{seq}}}'
+
+
+_cached_numbered = functools.lru_cache(maxsize=16)(_numbered)
 
 
 def heartbeat_frame() -> str:

@@ -4,7 +4,8 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from executions.outbox import text_frame
+from executions.outbox import text_frame, wire_text_frame
+from executions.protocol import CACHED_FRAME_LIMIT, numbered_frame
 
 
 def parsed(wire: bytes) -> tuple[Frame, bytes]:
@@ -40,3 +41,28 @@ def test_frames_written_back_to_back_are_read_back_one_by_one() -> None:
     second, rest = parsed(rest)
 
     assert (first.data, second.data, rest) == (b'{"a":1}', b"x" * 300, b"")
+
+
+def test_a_frame_sent_to_many_connections_is_built_once() -> None:
+    text = '{"method":"execution_event","data":{}}'
+
+    first = wire_text_frame(text)
+
+    assert wire_text_frame(text) is first
+    assert parsed(first)[0].data == text.encode()
+
+
+def test_a_frame_too_large_to_keep_is_still_built_whole() -> None:
+    text = "x" * (CACHED_FRAME_LIMIT + 1)
+
+    assert parsed(wire_text_frame(text))[0].data == text.encode()
+
+
+def test_every_numbered_subscriber_gets_the_same_numbered_text() -> None:
+    frame = '{"method":"execution_event","channel":"g"}'
+
+    first = numbered_frame(frame, 7)
+
+    assert first == '{"method":"execution_event","channel":"g","seq":7}'
+    assert numbered_frame(frame, 7) is first
+    assert numbered_frame(frame, 8) == '{"method":"execution_event","channel":"g","seq":8}'
