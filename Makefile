@@ -48,7 +48,8 @@ format: install
 # The database-facing tests run again on PostgreSQL when it answers here.
 POSTGRES_TEST_URL ?= postgres://postgres@127.0.0.1:5432/executions
 POSTGRES_SUITES := tests/test_history.py tests/test_resume.py tests/test_connection_manager.py \
-	tests/test_authentication.py tests/test_ingest_api.py tests/test_limits.py tests/test_fuzzing.py
+	tests/test_authentication.py tests/test_ingest_api.py tests/test_limits.py tests/test_fuzzing.py \
+	tests/test_writers.py
 
 test: lint
 	$(BIN)/python -m pytest

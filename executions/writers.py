@@ -14,11 +14,12 @@ of this and gets several threads, for publishers of different graphs to write at
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, connections
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +27,15 @@ logger = logging.getLogger(__name__)
 WRITER_THREADS = 4
 # Events stored between two checkpoints of SQLite's write-ahead log (~6 pages each).
 SQLITE_CHECKPOINT_EVERY = 50
+# How long closing waits for every writer thread to take its turn (they finish their writes first).
+CLOSE_TIMEOUT_SECONDS = 30
 
 
 class Writers:
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._sqlite = False
+        self._threads = 0
         self._since_checkpoint = 0
 
     async def run[T](self, store: Callable[[Any], T], items: list[Any]) -> T:
@@ -47,11 +51,27 @@ class Writers:
                 pool.submit(_checkpoint_sqlite).add_done_callback(_log_failure)
         return stored
 
+    def close(self) -> None:
+        """Close every writer thread's database connection and stop the threads.
+
+        For the end of a test session (a test database cannot be dropped while a writer keeps a
+        connection to it) and anything else that must let go of the database; the next publish
+        starts new threads.
+        """
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # One task per thread: each waits for the others, so every thread runs exactly one.
+        everyone = threading.Barrier(self._threads)
+        for _ in range(self._threads):
+            pool.submit(_close_connections, everyone)
+        pool.shutdown(wait=True)
+
     def _started(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._sqlite = connection.vendor == "sqlite"
-            threads = 1 if self._sqlite else WRITER_THREADS
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="executions-writer")
+            self._threads = 1 if self._sqlite else WRITER_THREADS
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="executions-writer")
         return self._pool
 
 
@@ -62,6 +82,11 @@ def _with_connection_upkeep[T](store: Callable[[Any], T], items: list[Any]) -> T
         # What database_sync_to_async does around each call, once: drop a connection that
         # broke or outlived CONN_MAX_AGE, and have the next use check its health.
         close_old_connections()
+
+
+def _close_connections(everyone: threading.Barrier) -> None:
+    everyone.wait(timeout=CLOSE_TIMEOUT_SECONDS)
+    connections.close_all()
 
 
 def _checkpoint_sqlite() -> None:

@@ -1,22 +1,37 @@
 """Shared fixtures: a fresh channel layer per test, users with graphs, a WebSocket factory."""
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from asgiref.sync import SyncToAsync
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from executions.layers import channel_layer_config
 from executions.models import Graph
 from executions.schemas import ExecutionResult, ExecutionStatus
 from executions.tokens import mint_token
+from executions.writers import writers
 from tests.support import redis_url_or_skip
 
 ALLOWED_ORIGIN = b"http://localhost"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pooled_connections_closed(django_db_setup: None) -> Iterator[None]:
+    """Have the threads that keep database connections let go of the test database.
+
+    The ingest's writer threads, and asgiref's thread for thread-sensitive sync_to_async calls
+    from async tests, keep theirs (CONN_MAX_AGE): the test database could not be dropped.
+    """
+    yield
+    writers.close()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
 
 
 def layer_settings(kind: str) -> dict[str, Any]:

@@ -10,9 +10,14 @@ import asyncio
 import http.client
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from executions.events import send_execution_results
+from executions.writers import writers
 from tests.conftest import make_result
 from tests.servers import INGEST_TOKEN, DaphneServer, prepare_site
 
@@ -62,3 +67,22 @@ async def test_the_write_ahead_log_stays_far_below_sqlites_own_checkpoint_size(
     wal_pages = wal_bytes / page_size
     print(f"writer figures: publishes={PUBLISHES} wal_pages={wal_pages:.0f}")
     assert wal_pages < AUTOCHECKPOINT_PAGES / 2
+
+
+def writer_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("executions-writer")]
+
+
+async def publish_one() -> list[int]:
+    return await send_execution_results([make_result("closing")], outside_any_transaction=True)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_closed_writers_let_go_of_the_database_and_the_next_publish_starts_afresh() -> None:
+    first = await publish_one()
+    assert writer_threads()
+
+    await asyncio.to_thread(writers.close)
+
+    assert writer_threads() == []
+    assert (first, await publish_one()) == ([1], [2])
