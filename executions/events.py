@@ -5,6 +5,7 @@ here: validate, store in the caller's transaction (or one of its own), and send 
 subscribers only after that transaction commits, never for one that rolls back.
 """
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -16,7 +17,12 @@ from django.db import transaction
 
 from executions import history, metrics
 from executions.exceptions import PublishNotDelivered
-from executions.fanout import hand_out_in_process, layer_event
+from executions.fanout import (
+    YIELD_EVERY,
+    hand_out_in_process,
+    layer_event,
+    reached_every_member,
+)
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
 from executions.schemas import ExecutionResult
@@ -36,7 +42,8 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
     """Send stored events to their graphs' subscribers, in order.
 
     Each event goes straight to this process's own subscribers, then through the layer to
-    every process's (this one's fan-out drops the copy it already handed out).
+    every process's (this one's fan-out drops the copy it already handed out); on the
+    in-memory layer, through the layer only when someone else has joined the group.
 
     Raises PublishNotDelivered when the channel layer fails: the events are stored, and reach
     subscribers that resume with ``since``, but not the live stream of other processes.
@@ -44,9 +51,16 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
     layer = get_channel_layer()
     for sent, event in enumerate(events):
         message = layer_event(event)
+        group = graph_group_name(event.graph_id)
         hand_out_in_process(layer, message)
+        if reached_every_member(layer, group):
+            metrics.EVENTS_PUBLISHED.inc()
+            if sent % YIELD_EVERY == YIELD_EVERY - 1:
+                # Nothing here waits: let the connections send and read now and then.
+                await asyncio.sleep(0)
+            continue
         try:
-            await layer.group_send(graph_group_name(event.graph_id), message)
+            await layer.group_send(group, message)
         except Exception as exc:
             metrics.LAYER_FAILURES.labels("group_send").inc()
             raise PublishNotDelivered(events[sent:]) from exc

@@ -19,6 +19,7 @@ import weakref
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer
 
 from executions import conf, history, membership, metrics
 from executions.groups import graph_group_name
@@ -202,6 +203,26 @@ def hand_out_in_process(layer: Any, event: dict[str, Any]) -> None:
             fanout.hand_out(event)
         elif not loop.is_closed():
             loop.call_soon_threadsafe(fanout.hand_out, event)
+
+
+def reached_every_member(layer: Any, group: str) -> bool:
+    """Whether handing an event out in this process has reached every member of its group.
+
+    True on the in-memory layer (one process) when the group's members are all this process's
+    fan-outs: sending the event through the layer as well would only bring each of them a copy
+    to drop. Any other member (another consumer joined to the group) still gets it through the
+    layer, and so does every member on a layer shared between processes.
+    """
+    if not isinstance(layer, InMemoryChannelLayer):
+        return False
+    ours = {
+        fanout.channel_name
+        for per_layer in list(_fanouts.values())
+        for fanout in per_layer.values()
+        if fanout.layer is layer
+    }
+    # The in-memory layer's own membership table (channel name -> when it joined).
+    return layer.groups.get(group, {}).keys() <= ours
 
 
 def local_fanout(layer: Any) -> LocalFanout:

@@ -8,6 +8,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from executions.events import send_execution_result
+from executions.groups import graph_group_name
 from executions.tokens import mint_token
 from tests.conftest import ALLOWED_ORIGIN, make_result, subscribe
 from tests.support import group_members
@@ -99,3 +100,25 @@ async def test_memberships_are_refreshed_before_they_expire(
     finally:
         await client.disconnect()
         await get_channel_layer().flush()
+
+
+async def test_anyone_else_in_a_graphs_group_still_gets_its_events_through_the_layer(
+    connect: Any, alice_token: str, channel_layer: Any
+) -> None:
+    """Subscribers of the publishing process get events directly; other members of the group,
+    such as a consumer of the project's own joined with group_add, through the layer as ever."""
+    client = await connect(token=alice_token)
+    await subscribe(client, "test_graph")
+    other = await channel_layer.new_channel()
+    await channel_layer.group_add(graph_group_name("test_graph"), other)
+
+    seq = await send_execution_result(make_result(node_exec_id="for-everyone"))
+
+    message = await asyncio.wait_for(channel_layer.receive(other), timeout=10)
+    assert (message["type"], message["graph_id"], message["seq"]) == (
+        "execution.result",
+        "test_graph",
+        seq,
+    )
+    assert (await client.receive_json_from(timeout=10))["data"]["node_exec_id"] == "for-everyone"
+    await channel_layer.group_discard(graph_group_name("test_graph"), other)
