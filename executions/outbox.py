@@ -232,6 +232,7 @@ class TransportFrames:
             or protocol.close_sent
             or protocol.disconnected
             or not protocol.writable.is_set()
+            or protocol.transport.is_closing()
             or connection.state is not State.OPEN
             or connection.extensions
         ):
