@@ -52,6 +52,8 @@ Handler = Callable[["ExecutionStreamConsumer", ClientMessage], Awaitable[None]]
 REPLAY_PAGE_SIZE = 500
 # While the transport is full, how often to look again at the backlog and the client.
 STALL_POLL_SECONDS = 0.25
+# How long a slow consumer's closing error frame and close may wait for room in its socket.
+SLOW_CLOSE_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -133,23 +135,33 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     def enqueue(self, event: dict[str, Any]) -> None:
         """Take an event from the fan-out; never blocks, whatever the client's pace.
 
-        A parked connection whose socket takes frames at once (daphne, plain TCP) sends the
-        event on the spot, without waking its task: the fan-out then sends to each local
-        subscriber in turn, as an in-process connection manager would. Anything that needs the
-        task (a gap to fill from the history, a full socket, another server) goes to the backlog.
+        A parked connection whose socket takes frames at once sends the event on the spot,
+        without waking its task: the fan-out then sends to each local subscriber in turn, as an
+        in-process connection manager would. Anything that needs the task (a gap to fill from
+        the history, a full socket, events already waiting, a server without direct frames)
+        goes to the backlog, behind what is there.
         """
         if self._closing:
             return
-        if self._idle and self._direct_frames is not None and self._writable():
+        if self._idle and not self.backlog and self._direct_frames is not None and self._writable():
             subscription, seq = self._wanted(event)
             if subscription is None:
                 return
-            if seq == subscription.delivered + 1 and self._write_directly(
-                subscription, seq, event["frame"]
-            ):
-                self._observe_latency(event)
+            if seq == subscription.delivered + 1 and self._written_on_the_spot(subscription, event):
                 return
         self.backlog.put(event)
+
+    def _written_on_the_spot(self, subscription: Subscription, event: dict[str, Any]) -> bool:
+        try:
+            written = self._write_directly(subscription, event["seq"], event["frame"])
+        except Exception:
+            # Never let one socket stop the fan-out to the others: the task retries through
+            # the server's own send, which closes the connection its way if it is broken.
+            logger.exception("writing a frame straight to the socket failed")
+            return False
+        if written:
+            self._observe_latency(event)
+        return written
 
     async def connect(self) -> None:
         self._messages = TokenBucket(
@@ -348,11 +360,22 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         return not self._closing
 
     async def _close_slow_consumer(self) -> None:
-        """The backlog passed its limit: stop following graphs and close with 4008."""
+        """The backlog passed its limit: stop following graphs and close with 4008.
+
+        daphne queues the error and the close behind the frames the client has not read;
+        uvicorn's send waits for room in the socket instead. A client that reads nothing for
+        SLOW_CLOSE_SECONDS more is not waited for: the connection ends without its close frame.
+        """
         metrics.SLOW_CONSUMER_DISCONNECTS.inc()
         self._log("websocket.slow_consumer", backlog_bytes=self.backlog.size)
         await self._drop_subscriptions()
-        await self._close_with_error(CloseCode.SLOW_CONSUMER, ErrorText.SLOW_CONSUMER)
+        try:
+            await asyncio.wait_for(
+                self._close_with_error(CloseCode.SLOW_CONSUMER, ErrorText.SLOW_CONSUMER),
+                SLOW_CLOSE_SECONDS,
+            )
+        except TimeoutError:
+            raise StopConsumer from None
 
     async def _drop_subscriptions(self) -> None:
         fanout = local_fanout(self.channel_layer)

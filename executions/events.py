@@ -45,8 +45,9 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
     every process's (this one's fan-out drops the copy it already handed out); on the
     in-memory layer, through the layer only when someone else has joined the group.
 
-    Raises PublishNotDelivered when the channel layer fails: the events are stored, and reach
-    subscribers that resume with ``since``, but not the live stream of other processes.
+    Raises PublishNotDelivered when the channel layer fails: the events from the one that
+    failed on are stored and reach subscribers that resume with ``since``, but not the live
+    stream (this process's sweep hands the latest to its own subscribers a little later).
     """
     layer = get_channel_layer()
     for sent, event in enumerate(events):

@@ -8,7 +8,7 @@ connection as too slow, and it is closed instead of growing without bound.
 import asyncio
 import functools
 from collections import deque
-from typing import Any
+from typing import Any, Protocol, cast
 
 from websockets.protocol import State
 
@@ -100,8 +100,21 @@ def daphne_protocol(send: Any) -> Any | None:
     return None
 
 
-def watch_transport(send: Any) -> TransportPressure | None:
-    """Register a TransportPressure on daphne's transport behind `send`; None elsewhere."""
+class WritableFlag(Protocol):
+    """What the consumer watches: set while the connection's socket takes more bytes."""
+
+    writable: asyncio.Event
+
+
+def watch_transport(send: Any) -> WritableFlag | None:
+    """The flag that tells whether the socket behind `send` takes more bytes; None if unknown.
+
+    Under daphne, a TransportPressure registered on Twisted's transport. Under uvicorn, its
+    websockets-sansio protocol, whose own ``writable`` event its transport clears and sets.
+    """
+    uvicorn_protocol = getattr(innermost_send(send), "__self__", None)
+    if _is_uvicorn_websocket(uvicorn_protocol):
+        return cast(WritableFlag, uvicorn_protocol)
     transport = getattr(daphne_protocol(send), "transport", None)
     if transport is None or not hasattr(transport, "registerProducer"):
         return None
@@ -149,8 +162,8 @@ class SocketFrames:
     every frame goes there too, so bytes always leave in order and Twisted's flow control (the
     TransportPressure) still sees a client that stops reading.
 
-    Only for plain TCP connections without compression; anything else (TLS, permessage-deflate,
-    another server) gets None from ``for_send`` and keeps the ASGI send.
+    Only for plain TCP: TLS and other servers get None from ``for_send``, and a connection that
+    negotiated compression is refused at each send; those keep the ASGI send.
     """
 
     __slots__ = ("_protocol", "_socket", "_transport")
@@ -164,7 +177,7 @@ class SocketFrames:
     def for_send(cls, send: Any) -> "SocketFrames | None":
         protocol = daphne_protocol(send)
         transport = getattr(protocol, "transport", None)
-        if transport is None or getattr(protocol, "_perMessageCompress", True) is not None:
+        if transport is None or not hasattr(protocol, "_perMessageCompress"):
             return None
         from twisted.internet.tcp import Server
 
@@ -175,7 +188,8 @@ class SocketFrames:
     def send_text(self, text: str) -> bool:
         """Send one text frame; False when the WebSocket is no longer open (nothing sent)."""
         protocol = self._protocol
-        if protocol.state != protocol.STATE_OPEN:
+        # Compression is settled at the handshake, after this object was made: look each time.
+        if protocol.state != protocol.STATE_OPEN or protocol._perMessageCompress is not None:
             return False
         frame = wire_text_frame(text)
         transport = self._transport
@@ -219,9 +233,7 @@ class TransportFrames:
     @classmethod
     def for_send(cls, send: Any) -> "TransportFrames | None":
         protocol = getattr(innermost_send(send), "__self__", None)
-        if type(protocol).__name__ != "WebSocketsSansIOProtocol" or not hasattr(protocol, "conn"):
-            return None
-        return cls(protocol)
+        return cls(protocol) if _is_uvicorn_websocket(protocol) else None
 
     def send_text(self, text: str) -> bool:
         """Send one text frame; False when it has to go through the ASGI send instead."""
@@ -239,6 +251,14 @@ class TransportFrames:
             return False
         protocol.transport.write(wire_text_frame(text))
         return True
+
+
+def _is_uvicorn_websocket(protocol: object) -> bool:
+    return (
+        type(protocol).__name__ == "WebSocketsSansIOProtocol"
+        and hasattr(protocol, "conn")
+        and isinstance(getattr(protocol, "writable", None), asyncio.Event)
+    )
 
 
 def direct_frames(send: Any) -> "SocketFrames | TransportFrames | None":

@@ -338,6 +338,7 @@ async def test_a_stalled_client_is_closed_with_4008_while_ten_readers_get_all_50
                     await asyncio.sleep(0.05)
 
             readers_done = asyncio.Event()
+            gave_up_while_stalled: list[bool] = []
 
             async def readers_done_and_grace() -> None:
                 await readers_done.wait()
@@ -346,15 +347,14 @@ async def test_a_stalled_client_is_closed_with_4008_while_ten_readers_get_all_50
             async def stall_then_drain() -> None:
                 # Reads nothing until the server gives up on it (or has had every chance to);
                 # then, at once (daphne waits 1 s for the close handshake), reads what it gets.
-                waits = [
-                    asyncio.create_task(server_gives_up()),
-                    asyncio.create_task(readers_done_and_grace()),
-                ]
+                gives_up = asyncio.create_task(server_gives_up())
+                waits = [gives_up, asyncio.create_task(readers_done_and_grace())]
                 try:
                     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for task in waits:
                         task.cancel()
+                gave_up_while_stalled.append(gives_up.done() and not gives_up.cancelled())
                 await read_until_closed_or_silent(stalled, stalled_got, STALLED_DRAIN_TIMEOUT)
 
             collectors = [
@@ -413,6 +413,8 @@ async def test_a_stalled_client_is_closed_with_4008_while_ten_readers_get_all_50
     )
     assert stalled_got.seqs == list(range(1, len(stalled_got.seqs) + 1))
     kept = sum(len(json.dumps(body)) for body in bodies[: len(stalled_got.events)])
+    # The server noticed the stalled client on its own, while it read nothing.
+    assert gave_up_while_stalled == [True]
     assert stalled_got.close_code == SLOW_CONSUMER_CLOSE, (
         f"the stalled client was not closed with {SLOW_CONSUMER_CLOSE} "
         f"(slow_consumer_disconnects={after[SLOW_DISCONNECTS]:.0f}, close "
