@@ -41,30 +41,28 @@ def _validated(results: Iterable[ResultLike]) -> list[ExecutionResult]:
 async def broadcast(events: Sequence[StoredEvent]) -> None:
     """Send stored events to their graphs' subscribers, in order.
 
-    Each event goes straight to this process's own subscribers, then through the layer to
-    every process's (this one's fan-out drops the copy it already handed out); on the
-    in-memory layer, through the layer only when someone else has joined the group.
+    First every event goes straight to this process's own subscribers; then, in order, through
+    the layer to every process's (this one's fan-out drops the copies it already handed out).
+    On the in-memory layer, through the layer only when someone else has joined the group.
 
     Raises PublishNotDelivered when the channel layer fails: the events from the one that
-    failed on are stored and reach subscribers that resume with ``since``, but not the live
-    stream (this process's sweep hands the latest to its own subscribers a little later).
+    failed on are stored, and reach this process's subscribers and those that resume with
+    ``since``, but not the live stream of other processes.
     """
     layer = get_channel_layer()
-    for sent, event in enumerate(events):
-        message = layer_event(event)
-        group = graph_group_name(event.graph_id)
+    messages = [(graph_group_name(event.graph_id), layer_event(event)) for event in events]
+    for handed, (_, message) in enumerate(messages, start=1):
         hand_out_in_process(layer, message)
-        if reached_every_member(layer, group):
-            metrics.EVENTS_PUBLISHED.inc()
-            if sent % YIELD_EVERY == YIELD_EVERY - 1:
-                # Nothing here waits: let the connections send and read now and then.
-                await asyncio.sleep(0)
-            continue
-        try:
-            await layer.group_send(group, message)
-        except Exception as exc:
-            metrics.LAYER_FAILURES.labels("group_send").inc()
-            raise PublishNotDelivered(events[sent:]) from exc
+        if handed % YIELD_EVERY == 0:
+            # Handing out never waits: let the connections send and read now and then.
+            await asyncio.sleep(0)
+    for sent, (group, message) in enumerate(messages):
+        if not reached_every_member(layer, group):
+            try:
+                await layer.group_send(group, message)
+            except Exception as exc:
+                metrics.LAYER_FAILURES.labels("group_send").inc()
+                raise PublishNotDelivered(events[sent:]) from exc
         metrics.EVENTS_PUBLISHED.inc()
 
 
