@@ -12,7 +12,7 @@ from typing import Any, Protocol, cast
 
 from websockets.protocol import State
 
-from executions.protocol import CACHED_FRAME_LIMIT
+from executions.protocol import CACHED_FRAME_LIMIT, CACHED_FRAMES
 
 
 class Backlog:
@@ -264,11 +264,6 @@ def _is_uvicorn_websocket(protocol: object) -> bool:
 def direct_frames(send: Any) -> "SocketFrames | TransportFrames | None":
     """The fastest way to write this connection's frames, or None for the ASGI send only."""
     return SocketFrames.for_send(send) or TransportFrames.for_send(send)
-
-
-# Frames up to CACHED_FRAME_LIMIT are built once for all the connections they go to; the cache
-# holds the last few, which is all a fan-out needs: it hands an event to every subscriber in turn.
-CACHED_FRAMES = 16
 
 
 def wire_text_frame(text: str) -> bytes:

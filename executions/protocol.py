@@ -76,6 +76,8 @@ def ack_frame(method: Methods, channel: str, data: dict[str, Any] | None = None)
 # Frames up to this size are built once for all the subscribers they go to (numbered texts
 # here, frame bytes in outbox.py); larger ones are rare and not worth keeping around.
 CACHED_FRAME_LIMIT = 64 * 1024
+# How many such frames stay built: a fan-out hands one event to every subscriber in turn.
+CACHED_FRAMES = 16
 
 
 def numbered_frame(frame: str, seq: int) -> str:
@@ -93,7 +95,7 @@ def _numbered(frame: str, seq: int) -> str:
     return f'{frame[:-1]},"seq":{seq}}}'
 
 
-_cached_numbered = functools.lru_cache(maxsize=16)(_numbered)
+_cached_numbered = functools.lru_cache(maxsize=CACHED_FRAMES)(_numbered)
 
 
 def heartbeat_frame() -> str:
