@@ -113,8 +113,8 @@ def _wrap_app() -> None:
     from executions import history
     from executions.consumers import ExecutionStreamConsumer
     from executions.history import StoredEvent
-    from executions.ingest import INGEST_PATH, IngestEndpoint
-    from executions.outbox import daphne_protocol
+    from executions.ingest import IngestEndpoint, is_ingest_path
+    from executions.servers.daphne import daphne_protocol
     from executions.schemas import ExecutionResult
 
     under_daphne = "daphne.server" in sys.modules
@@ -125,7 +125,7 @@ def _wrap_app() -> None:
 
     async def call(self: IngestEndpoint, scope: dict[str, Any], receive: Any, send: Any) -> None:
         at = now()
-        if scope["type"] == "http" and scope["path"] == INGEST_PATH and scope["method"] == "POST":
+        if scope["type"] == "http" and scope["method"] == "POST" and is_ingest_path(scope):
             _note_request("app", at)
         await original_call(self, scope, receive, send)
 

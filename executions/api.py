@@ -77,6 +77,7 @@ class WsToken(Schema):
 
 @api.post(
     "/executions",
+    url_name="ingest",
     auth=IngestToken(),
     response={202: Accepted, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody},
     summary="Publish one execution result or an array of them",
@@ -91,6 +92,7 @@ async def ingest_executions(
 
 @api.post(
     "/ws-token",
+    url_name="ws-token",
     auth=django_auth,
     response={200: WsToken, 401: ErrorBody},
     summary="Mint a WebSocket token for the logged-in user",

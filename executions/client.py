@@ -73,9 +73,15 @@ from typing import Any, Final, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as websocket_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from executions.extras import MissingExtra
+
+try:
+    from websockets.asyncio.client import ClientConnection
+    from websockets.asyncio.client import connect as websocket_connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+except ImportError as missing:
+    raise MissingExtra("client", "The Python client (executions.client)") from missing
 
 from executions.protocol import CloseCode, ErrorText
 from executions.schemas import ExecutionResult, SubscriptionRequest

@@ -15,6 +15,8 @@ DEFAULTS: dict[str, Any] = {
     # Under daphne: seconds between protocol pings, and how long a socket may leave one unanswered.
     "EXECUTIONS_PING_INTERVAL": 20,
     "EXECUTIONS_PING_TIMEOUT": 30,
+    # False: connections use the plain ASGI send under every server (executions.servers).
+    "EXECUTIONS_SERVER_ADAPTERS": True,
     # Dotted path to a callable (user, graph_id) -> bool deciding who may subscribe.
     "EXECUTIONS_SUBSCRIBE_POLICY": "executions.policy.owner_may_subscribe",
     # Shared secret for POST /api/executions; empty refuses every ingest request.

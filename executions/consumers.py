@@ -13,19 +13,13 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from executions import conf, history, metrics, shutdown
+from executions import conf, history, metrics, servers
 from executions.auth import AUTH_ERROR_KEY
 from executions.fanout import local_fanout
 from executions.history import StoredEvent
 from executions.inbound import decode_client_message, subscription_request
 from executions.limits import TokenBucket, open_connections
-from executions.outbox import (
-    Backlog,
-    daphne_protocol,
-    direct_frames,
-    innermost_send,
-    watch_transport,
-)
+from executions.outbox import Backlog
 from executions.protocol import (
     CloseCode,
     ErrorText,
@@ -82,13 +76,11 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         self.channel_layer = get_channel_layer()
         self.channel_name = f"connection.{id(self):x}"
         self.base_send = send
-        self._server_send = innermost_send(send)
-        self._pressure = watch_transport(send)
-        self._direct_frames = direct_frames(send)
+        hooks = servers.connection_hooks(send)
+        self._server_send = hooks.send
+        self._pressure = hooks.pressure
+        self._direct_frames = hooks.frames
         self._idle = False
-        protocol = daphne_protocol(send)
-        if protocol is not None:
-            shutdown.track(protocol)
         self.backlog = Backlog(conf.get("EXECUTIONS_MAX_BACKLOG_BYTES"))
         self._closing = False
         self.subscriptions = {}
@@ -319,7 +311,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             self._sent(subscription, seq)
 
     def _write_directly(self, subscription: Subscription, seq: int, frame: str) -> bool:
-        """Write the frame straight to daphne's socket; False when this connection cannot."""
+        """Write the frame straight to the socket; False when this connection cannot."""
         frames = self._direct_frames
         if frames is None:
             return False

@@ -1,16 +1,20 @@
-"""POST /api/executions straight from ASGI: the hot publishing path, ahead of Django's stack.
+"""POST <api>/executions straight from ASGI: the hot publishing path, ahead of Django's stack.
 
 Django runs each request's sync parts (middleware, signals) in threads made for the request;
 for a service publishing results one by one that is most of the cost. This ASGI wrapper answers
-exactly ``POST /api/executions`` itself, with the same checks, validation and answers as the
-ninja route in api.py (which documents the endpoint and serves it wherever this wrapper is not
-mounted), and passes every other request to Django.
+the ingest route itself, wherever the URLconf mounts it, with the same checks, validation and
+answers as the ninja route in api.py (which documents the endpoint and serves it wherever this
+wrapper is not in front), and passes every other request to Django.
 """
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.urls import Resolver404, resolve
 from django.utils.crypto import constant_time_compare
 from pydantic import TypeAdapter, ValidationError
 
@@ -24,8 +28,10 @@ from executions.errors import (
 from executions.events import send_execution_results
 from executions.exceptions import PublishNotDelivered
 from executions.schemas import ExecutionResult
+from executions.scope import header, path_info
 
-INGEST_PATH = "/api/executions"
+INGEST_URL_NAME = "ingest"
+API_NAMESPACE = "executions-api"
 _payload: TypeAdapter[ExecutionResult | list[ExecutionResult]] = TypeAdapter(
     ExecutionResult | list[ExecutionResult]
 )
@@ -72,15 +78,35 @@ class IngestEndpoint:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != INGEST_PATH or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or not is_ingest_path(scope):
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
         if body is None:
             status, reply = 413, {"error": "Request body too large."}
         else:
-            status, reply = await ingest(_header(scope, b"authorization"), body)
+            status, reply = await ingest(header(scope, b"authorization"), body)
         await _respond(send, status, reply)
+
+
+def is_ingest_path(scope: dict[str, Any]) -> bool:
+    """True when the request's path is the ingest route of the site's URLconf."""
+    return _resolves_to_ingest(path_info(scope))
+
+
+@lru_cache(maxsize=256)
+def _resolves_to_ingest(path: str) -> bool:
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return False
+    return match.url_name == INGEST_URL_NAME and API_NAMESPACE in match.namespaces
+
+
+@receiver(setting_changed)
+def _forget_resolved_paths(*, setting: str, **kwargs: Any) -> None:
+    if setting == "ROOT_URLCONF":
+        _resolves_to_ingest.cache_clear()
 
 
 async def _read_body(receive: Any, limit: int | None) -> bytes | None:
@@ -98,13 +124,6 @@ async def _read_body(receive: Any, limit: int | None) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _header(scope: dict[str, Any], name: bytes) -> str:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return ""
 
 
 async def _respond(send: Any, status: int, reply: dict[str, Any]) -> None:

@@ -1,4 +1,7 @@
-"""The dashboard at ``/``, its two assets, login, and the button that starts a demo run.
+"""The dashboard, its two assets, login, and the button that starts a demo run.
+
+Every URL the page shows or uses is reversed from the URLconf, so the dashboard works wherever
+the site mounts ``executions.urls``.
 
 The dashboard's JavaScript and CSS live in ``executions/static/executions/`` (so a site that
 runs ``collectstatic`` ships them like any other static file), but the page loads them from
@@ -18,7 +21,7 @@ from typing import Any
 from django.contrib.auth import views as auth_views
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET, require_POST
 
@@ -40,22 +43,37 @@ DEMO_TASKS: set["asyncio.Task[Any]"] = set()
 MAX_DEMO_RUNS_PER_GRAPH = 3
 
 
-def _websocket_url(request: HttpRequest) -> str:
+def _websocket_url(request: HttpRequest, path: str) -> str:
     scheme = "wss" if request.is_secure() else "ws"
-    return f"{scheme}://{request.get_host()}/ws"
+    return f"{scheme}://{request.get_host()}{path}"
+
+
+def _optional_reverse(name: str) -> str | None:
+    """The URL of a route the site may have left out (the API docs can be turned off)."""
+    try:
+        return reverse(name)
+    except NoReverseMatch:
+        return None
 
 
 def index(request: HttpRequest) -> HttpResponse:
     """The dashboard: the user's graphs and their executions, live; for programs, how to connect."""
     user = request.user
     graphs = list(Graph.objects.filter(owner=user)) if user.is_authenticated else []
+    here = reverse("executions-index")
+    websocket_path = reverse("executions-websocket")
     return render(
         request,
         "executions/index.html",
         {
-            "websocket_url": _websocket_url(request),
+            "websocket_path": websocket_path,
+            "websocket_url": _websocket_url(request, websocket_path),
             "graphs": graphs,
-            "login_url": f"{reverse('executions-login')}?next=/",
+            "login_url": f"{reverse('executions-login')}?next={here}",
+            "ingest_url": reverse("executions-api:ingest"),
+            "ws_token_url": reverse("executions-api:ws-token"),
+            "api_docs_url": _optional_reverse("executions-api:openapi-view"),
+            "api_schema_url": _optional_reverse("executions-api:openapi-json"),
             "script_url": asset_url("dashboard.js"),
             "stylesheet_url": asset_url("dashboard.css"),
         },
@@ -73,7 +91,8 @@ class LoginView(auth_views.LoginView):
 
 
 class LogoutView(auth_views.LogoutView):
-    next_page = "/"
+    def get_default_redirect_url(self) -> str:
+        return reverse("executions-index")
 
 
 # --- the dashboard's JavaScript and CSS ---------------------------------------------------

@@ -4,8 +4,14 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from rich.console import Console
-from rich.text import Text
+
+from executions.extras import MissingExtra
+
+try:
+    from rich.console import Console
+    from rich.text import Text
+except ImportError as missing:
+    raise MissingExtra("tail", "manage.py watch_executions") from missing
 
 from executions.client import (
     AuthenticationFailed,

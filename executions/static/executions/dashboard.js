@@ -151,7 +151,8 @@
     const empty = el(
       "p",
       "empty",
-      "No executions yet. Press \u201cRun demo graph\u201d, or publish results for this graph to POST /api/executions."
+      "No executions yet. Press \u201cRun demo graph\u201d, or publish results for this graph to POST " +
+        (root.dataset.ingestUrl || "the ingest endpoint") + "."
     );
     const list = el("div", "execution-list");
     section.append(empty, list);

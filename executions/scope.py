@@ -1,0 +1,22 @@
+"""Reading an ASGI scope the way Django reads a request: its path below the root, its headers."""
+
+from typing import Any
+
+Scope = dict[str, Any]
+
+
+def path_info(scope: Scope) -> str:
+    """The path the URLconf sees: below the server's ``root_path``, as Django's handler does."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :]
+    return path or "/"
+
+
+def header(scope: Scope, name: bytes) -> str:
+    """The first value of a header (`name` in lower case), or ""."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""

@@ -1,0 +1,277 @@
+"""daphne's adapter: its WebSocket limits and pings from the app's settings, flow control,
+frames written straight to the socket, and 1012 on shutdown.
+
+Everything here reads daphne's, autobahn's or Twisted's internals, so it engages only for the
+versions in TESTED (the others get the plain ASGI send, see executions.servers):
+
+- Inbound size: daphne's limit defaults to 1 MiB, so daphne would buffer, and the application
+  see, messages up to that size. The WebSocket factory's options are clamped to the app's
+  limit: autobahn refuses a frame as soon as its header announces too many bytes, closing with
+  1009 (message too big) and a reason.
+- Protocol pings: daphne pings every WebSocket every ``ping_interval`` seconds and closes one
+  that has not answered within ``ping_timeout``; both come from the app's settings.
+- Form bodies: Twisted parses urlencoded and multipart POST bodies into ``request.args``, which
+  daphne never reads (the application gets the raw body). Turned off: it cost every POST tens
+  of microseconds, and a large multipart body would be parsed inside the reactor.
+- Shutdown: daphne cancels its applications at shutdown and lets the reactor drop their
+  sockets, so clients see 1006 and cannot tell a restart from a crash. A hook sends each open
+  WebSocket a 1012 close (service restart) first, which the ASGI close cannot carry under daphne.
+"""
+
+import asyncio
+import functools
+import sys
+import weakref
+from functools import cache
+from typing import Any
+
+from executions.outbox import wire_text_frame
+from executions.servers.base import ConnectionHooks, ServerSettings, innermost_send, tested_versions
+
+TESTED = {
+    "daphne": ((4, 2), (4, 3)),
+    "autobahn": ((22, 4), (27,)),
+    "twisted": ((22, 4), (27,)),
+}
+_SIZE_OPTIONS = ("maxMessagePayloadSize", "maxFramePayloadSize")
+# How long a closing connection waits for the client's close frame before dropping the socket.
+# autobahn's 1 s is too short for a slow consumer, whose 4008 sits behind the frames it has not
+# read yet: with a few seconds, a client that reads again learns why it was closed.
+CLOSE_HANDSHAKE_SECONDS = 5
+SHUTDOWN_GRACE_SECONDS = 1.0
+RESTART_REASON = b"Server restarting: reconnect, and subscribe with since to resume."
+
+_applied: ServerSettings | None = None
+_open_protocols: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def serving() -> bool:
+    """True in a process that daphne serves."""
+    return "daphne.server" in sys.modules
+
+
+@cache
+def supported() -> bool:
+    return tested_versions(TESTED)
+
+
+def install(settings: ServerSettings) -> None:
+    """Have daphne apply these settings to every WebSocket, and say 1012 at shutdown."""
+    global _applied
+    first_time = _applied is None
+    _applied = settings
+    if first_time:
+        _clamp_websocket_options()
+        _skip_form_parsing()
+        _say_restart_at_shutdown()
+
+
+def connection_hooks(send: Any, settings: ServerSettings) -> ConnectionHooks | None:
+    """daphne's flow control and direct frames for this connection; None if not daphne's."""
+    protocol = daphne_protocol(send)
+    if protocol is None or not supported():
+        return None
+    _open_protocols.add(protocol)
+    return ConnectionHooks(
+        send=innermost_send(send),
+        pressure=watch_transport(protocol),
+        frames=SocketFrames.for_protocol(protocol),
+    )
+
+
+def daphne_protocol(send: Any) -> Any | None:
+    """daphne's WebSocket protocol object behind `send` (its send is a partial over it)."""
+    server_send = innermost_send(send)
+    if (
+        isinstance(server_send, functools.partial)
+        and server_send.args
+        and type(server_send.args[0]).__name__ == "WebSocketProtocol"
+    ):
+        return server_send.args[0]
+    return None
+
+
+# --- process-wide hooks ---------------------------------------------------------------------
+
+
+def _clamp_websocket_options() -> None:
+    from daphne.ws_protocol import WebSocketFactory
+
+    original = WebSocketFactory.setProtocolOptions
+
+    def set_protocol_options(self: Any, *args: Any, **options: Any) -> Any:
+        chosen = _applied
+        if chosen is not None:
+            for name in _SIZE_OPTIONS:
+                given = options.get(name)
+                if given is not None:
+                    limit = chosen.max_message_bytes
+                    options[name] = limit if given <= 0 else min(given, limit)
+            options["autoPingTimeout"] = chosen.ping_timeout
+            options["closeHandshakeTimeout"] = CLOSE_HANDSHAKE_SECONDS
+            # daphne's timeout checker reads the interval from its Server, every 2 s.
+            self.server_class.ping_interval = chosen.ping_interval
+        # Send the 1009 close frame (with its reason) instead of dropping the TCP connection.
+        options.setdefault("failByDrop", False)
+        return original(self, *args, **options)
+
+    WebSocketFactory.setProtocolOptions = set_protocol_options
+
+
+def _skip_form_parsing() -> None:
+    from daphne.http_protocol import HTTPFactory, WebRequest
+
+    request_factory = functools.partial(WebRequest, parsePOSTFormSubmission=False)
+    original = HTTPFactory.buildProtocol
+
+    def build_protocol(self: Any, addr: Any) -> Any:
+        protocol = original(self, addr)
+        protocol.requestFactory = request_factory
+        return protocol
+
+    HTTPFactory.buildProtocol = build_protocol
+
+
+def _say_restart_at_shutdown() -> None:
+    from twisted.internet import reactor, task
+
+    def before_shutdown() -> Any:
+        if tell_clients_to_reconnect():
+            return task.deferLater(reactor, SHUTDOWN_GRACE_SECONDS, lambda: None)
+        return None
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)  # type: ignore[arg-type]
+
+
+def tell_clients_to_reconnect() -> int:
+    """Send 1012 to every open WebSocket of this process; return how many were told."""
+    told = 0
+    for protocol in list(_open_protocols):
+        if getattr(protocol, "state", None) == getattr(protocol, "STATE_OPEN", object()):
+            protocol.sendCloseFrame(code=1012, reasonUtf8=RESTART_REASON, isReply=False)
+            told += 1
+    return told
+
+
+# --- one connection -------------------------------------------------------------------------
+
+
+class TransportPressure:
+    """A Twisted push producer: daphne's transport pauses it while its write buffer is full.
+
+    daphne's send never waits for the client, so without this a client that stops reading would
+    make the server buffer every frame. Twisted calls pauseProducing once its buffer passes 64
+    KiB and resumeProducing once it drains.
+    """
+
+    def __init__(self) -> None:
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def pauseProducing(self) -> None:
+        self.writable.clear()
+
+    def resumeProducing(self) -> None:
+        self.writable.set()
+
+    def stopProducing(self) -> None:
+        self.writable.set()
+
+
+def watch_transport(protocol: Any) -> TransportPressure | None:
+    """A TransportPressure registered on the protocol's Twisted transport."""
+    transport = getattr(protocol, "transport", None)
+    if transport is None or not hasattr(transport, "registerProducer"):
+        return None
+    pressure = TransportPressure()
+    existing = getattr(transport, "producer", None)
+    if existing is not None:
+        # Twisted's HTTPChannel, which daphne upgraded to a WebSocket, is still registered:
+        # keep telling it (it stops reading the socket while the buffer is full) and us too.
+        transport.unregisterProducer()
+        transport.registerProducer(_BothProducers(existing, pressure), True)
+    else:
+        transport.registerProducer(pressure, True)
+    return pressure
+
+
+class _BothProducers:
+    """Forwards Twisted's flow-control calls to two producers."""
+
+    def __init__(self, first: Any, second: TransportPressure) -> None:
+        self.first = first
+        self.second = second
+
+    def pauseProducing(self) -> None:
+        self.first.pauseProducing()
+        self.second.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.first.resumeProducing()
+        self.second.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.first.stopProducing()
+        self.second.stopProducing()
+
+
+class SocketFrames:
+    """Writes text frames straight to a daphne connection's socket, ahead of Twisted and autobahn.
+
+    Under daphne each frame otherwise goes through the ASGI send, autobahn's framing (which
+    formats debug-log arguments for every frame) and Twisted's write buffer, which registers the
+    socket with the event loop and writes it on a later turn, then unregisters it: several
+    microseconds of Python and two epoll calls per frame, and a frame that waits for the loop.
+    Here a frame is one non-blocking send, as asyncio's own transports do. Whatever the socket
+    does not take right away goes to Twisted's buffer, and while that buffer holds anything
+    every frame goes there too, so bytes always leave in order and Twisted's flow control (the
+    TransportPressure) still sees a client that stops reading.
+
+    Only for plain TCP: TLS gets None from ``for_protocol``, and a connection that negotiated
+    compression is refused at each send; those keep the ASGI send.
+    """
+
+    __slots__ = ("_protocol", "_socket", "_transport")
+
+    def __init__(self, protocol: Any, transport: Any) -> None:
+        self._protocol = protocol
+        self._transport = transport
+        self._socket = transport.socket
+
+    @classmethod
+    def for_protocol(cls, protocol: Any) -> "SocketFrames | None":
+        transport = getattr(protocol, "transport", None)
+        if transport is None or not hasattr(protocol, "_perMessageCompress"):
+            return None
+        from twisted.internet.tcp import Server
+
+        if type(transport) is not Server or transport.TLS:
+            return None
+        return cls(protocol, transport)
+
+    def send_text(self, text: str) -> bool:
+        """Send one text frame; False when the WebSocket is no longer open (nothing sent)."""
+        protocol = self._protocol
+        # Compression is settled at the handshake, after this object was made: look each time.
+        if protocol.state != protocol.STATE_OPEN or protocol._perMessageCompress is not None:
+            return False
+        frame = wire_text_frame(text)
+        transport = self._transport
+        # Bytes still waiting in autobahn's queue or Twisted's buffer go first.
+        if (
+            protocol.send_queue
+            or transport._tempDataLen
+            or len(transport.dataBuffer) > transport.offset
+        ):
+            transport.write(frame)
+            return True
+        try:
+            sent = self._socket.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Let Twisted meet the error on its own write and close the connection its way.
+            sent = 0
+        if sent < len(frame):
+            transport.write(frame[sent:])
+        return True
