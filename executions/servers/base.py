@@ -63,7 +63,7 @@ def _release(distribution: str) -> tuple[int, ...] | None:
     return tuple(numbers)
 
 
-def tested_versions(ranges: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> bool:
+def within_tested_versions(ranges: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> bool:
     """True when every distribution is installed in its [lowest, below) range; logs why not."""
     for distribution, (lowest, below) in ranges.items():
         release = _release(distribution)

@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 from executions.outbox import wire_text_frame
-from executions.servers.base import ConnectionHooks, ServerSettings, innermost_send, tested_versions
+from executions.servers.base import ConnectionHooks, ServerSettings, innermost_send, within_tested_versions
 
 TESTED = {
     "uvicorn": ((0, 55), (0, 56)),
@@ -27,7 +27,7 @@ def serving() -> bool:
 
 @cache
 def supported() -> bool:
-    return tested_versions(TESTED)
+    return within_tested_versions(TESTED)
 
 
 def install(settings: ServerSettings) -> None:
