@@ -336,9 +336,16 @@ def _post(url: str, body: bytes, token: str, timeout: float) -> None:
         raise IngestFailed(url, f"the server did not answer ({reason})") from error
 
 
+def ingest_url(base_url: str) -> str:
+    """The ingest endpoint of the server at `base_url`, where this project's URLconf mounts it."""
+    from django.urls import reverse
+
+    return base_url.rstrip("/") + reverse("executions-api:ingest")
+
+
 def ingest_publisher(base_url: str, token: str, timeout: float = 10.0) -> AsyncPublisher:
-    """A publisher that POSTs each result to ``{base_url}/api/executions`` with the token."""
-    url = base_url.rstrip("/") + "/api/executions"
+    """A publisher that POSTs each result to the server's ingest endpoint with the token."""
+    url = ingest_url(base_url)
 
     async def publish(result: ExecutionResult) -> None:
         body = result.model_dump_json().encode("utf-8")

@@ -26,7 +26,12 @@ from functools import cache
 from typing import Any
 
 from executions.outbox import wire_text_frame
-from executions.servers.base import ConnectionHooks, ServerSettings, innermost_send, within_tested_versions
+from executions.servers.base import (
+    ConnectionHooks,
+    ServerSettings,
+    innermost_send,
+    within_tested_versions,
+)
 
 TESTED = {
     "daphne": ((4, 2), (4, 3)),

@@ -12,7 +12,12 @@ from functools import cache
 from typing import Any
 
 from executions.outbox import wire_text_frame
-from executions.servers.base import ConnectionHooks, ServerSettings, innermost_send, within_tested_versions
+from executions.servers.base import (
+    ConnectionHooks,
+    ServerSettings,
+    innermost_send,
+    within_tested_versions,
+)
 
 TESTED = {
     "uvicorn": ((0, 55), (0, 56)),

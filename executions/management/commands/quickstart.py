@@ -5,6 +5,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
 
 from executions import conf
 from executions.models import Graph
@@ -33,20 +34,24 @@ class Command(BaseCommand):
             login = f"{username} (password shown when it was created)"
         Graph.objects.get_or_create(pk=graph, defaults={"owner": user, "name": "Demo graph"})
         token = mint_token(user, ttl_seconds=24 * 3600).token
-        ws_url = base_url.replace("http", "ws", 1) + "/ws"
+        base_url = base_url.rstrip("/")
+        ws_url = base_url.replace("http", "ws", 1) + reverse("executions-websocket")
+        dashboard = base_url + reverse("executions-index")
+        docs = base_url + reverse("executions-api:openapi-view")
+        ingest_url = base_url + reverse("executions-api:ingest")
         ingest = conf.get("EXECUTIONS_INGEST_TOKEN") or "<set EXECUTIONS_INGEST_TOKEN>"
         self.stdout.write(
             f"""
-  Server:     {base_url}/        login: {login}
+  Server:     {dashboard}        login: {login}
   WebSocket:  {ws_url}?token={token}
-  API docs:   {base_url}/api/docs
+  API docs:   {docs}
 
   Watch graph '{graph}' (another terminal):
     .venv/bin/python -m websockets '{ws_url}?token={token}'
     then type: {{"method":"subscribe","data":{{"graph_id":"{graph}"}}}}
 
   Publish a first event (a third terminal):
-    curl -X POST {base_url}/api/executions -H 'Authorization: Bearer {ingest}' \\
+    curl -X POST {ingest_url} -H 'Authorization: Bearer {ingest}' \\
          -H 'Content-Type: application/json' --data @examples/execution_result.json
 
   Or run a demo graph, and watch it in the terminal:

@@ -6,7 +6,13 @@ from django.core.management.base import BaseCommand, CommandError
 
 from executions import conf
 from executions.checks import layer_backend
-from executions.demo import AsyncPublisher, IngestFailed, ingest_publisher, run_demo_graph
+from executions.demo import (
+    AsyncPublisher,
+    IngestFailed,
+    ingest_publisher,
+    ingest_url,
+    run_demo_graph,
+)
 from executions.exceptions import PublishNotDelivered
 from executions.layers import IN_MEMORY_LAYER
 from executions.schemas import ExecutionResult, ExecutionStatus
@@ -59,11 +65,11 @@ class Command(BaseCommand):
             if not token:
                 raise CommandError(
                     "With the in-memory channel layer the demo publishes through the running "
-                    f"server's {url}/api/executions, which needs EXECUTIONS_INGEST_TOKEN (the "
+                    f"server's {ingest_url(url)}, which needs EXECUTIONS_INGEST_TOKEN (the "
                     "same value as the server's). Set it, or set REDIS_URL for both."
                 )
             publisher = ingest_publisher(url, token)
-            via = f"{url.rstrip('/')}/api/executions"
+            via = ingest_url(url)
         else:
             via = "the channel layer"
         self.stdout.write(f"Running demo graph {graph!r} ({nodes} node(s)), publishing to {via}")

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
 
 from executions.extras import MissingExtra
 
@@ -80,7 +81,11 @@ class Command(BaseCommand):
             action="store_true",
             help="first show the latest state of every node of the latest execution",
         )
-        parser.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="the WebSocket URL")
+        parser.add_argument(
+            "--url",
+            default=None,
+            help="the WebSocket URL (default: this project's WebSocket route on 127.0.0.1:8000)",
+        )
         who = parser.add_mutually_exclusive_group(required=True)
         who.add_argument("--token", help="a WebSocket token (manage.py ws_token USERNAME)")
         who.add_argument("--user", help="mint a token for this user from the local database")
@@ -94,7 +99,7 @@ class Command(BaseCommand):
         graph_id: str,
         since: int | None,
         snapshot: bool,
-        url: str,
+        url: str | None,
         token: str | None,
         user: str | None,
         max_events: int | None,
@@ -107,6 +112,8 @@ class Command(BaseCommand):
         if user is not None:
             token = self._mint(user)
         assert token is not None
+        if url is None:
+            url = f"ws://127.0.0.1:8000{reverse('executions-websocket')}"
         self.console = self._console(self.stdout, options)
         self.status = self._console(self.stderr, options)
         try:
