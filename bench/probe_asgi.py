@@ -114,8 +114,8 @@ def _wrap_app() -> None:
     from executions.consumers import ExecutionStreamConsumer
     from executions.history import StoredEvent
     from executions.ingest import IngestEndpoint, is_ingest_path
-    from executions.servers.daphne import daphne_protocol
     from executions.schemas import ExecutionResult
+    from executions.servers.daphne import daphne_protocol
 
     under_daphne = "daphne.server" in sys.modules
     original_call = IngestEndpoint.__call__
