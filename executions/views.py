@@ -87,7 +87,15 @@ class LoginView(auth_views.LoginView):
     redirect_authenticated_user = True
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        return {**super().get_context_data(**kwargs), "stylesheet_url": asset_url("dashboard.css")}
+        return {
+            **super().get_context_data(**kwargs),
+            "stylesheet_url": asset_url("dashboard.css"),
+            "dashboard_url": reverse("executions-index"),
+        }
+
+    def get_default_redirect_url(self) -> str:
+        """Without a ``next``, back to the dashboard (not LOGIN_REDIRECT_URL's profile page)."""
+        return reverse("executions-index")
 
 
 class LogoutView(auth_views.LogoutView):
