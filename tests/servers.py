@@ -148,6 +148,8 @@ def stop_process(process: "subprocess.Popen[bytes] | None", timeout: float) -> N
 class DaphneServer:
     """``python -m daphne`` serving ``project.asgi:application`` on a free local port."""
 
+    cwd: Path = REPO_ROOT  # where the server starts, so where its site's modules are found
+
     def __init__(
         self, env: Mapping[str, str], log_dir: Path, name: str = "daphne", port: int = 0
     ) -> None:
@@ -195,7 +197,7 @@ class DaphneServer:
         with self._log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 self.command(),
-                cwd=REPO_ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
