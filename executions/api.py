@@ -14,6 +14,7 @@ from executions import conf, history
 from executions.errors import (
     BAD_CREDENTIALS,
     INGEST_DISABLED,
+    body_too_large_message,
     describe_validation_errors,
     not_delivered_body,
 )
@@ -37,12 +38,24 @@ class IngestDisabled(Exception):
     """No EXECUTIONS_INGEST_TOKEN is configured, so nobody may publish over HTTP."""
 
 
+class IngestBodyTooLarge(Exception):
+    """The body announces more than EXECUTIONS_MAX_INGEST_BYTES."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(body_too_large_message(limit))
+
+
 class IngestToken(HttpBearer):
-    """``Authorization: Bearer <EXECUTIONS_INGEST_TOKEN>``, compared in constant time."""
+    """``Authorization: Bearer <EXECUTIONS_INGEST_TOKEN>``, compared in constant time; then
+    the body's announced size (checked here, before ninja reads the body)."""
 
     def __call__(self, request: HttpRequest) -> Any:
         refusal = token_refusal(request.headers.get(self.header, ""))
         if refusal is None:
+            limit = int(conf.get("EXECUTIONS_MAX_INGEST_BYTES"))
+            declared = request.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise IngestBodyTooLarge(limit)
             return True
         if refusal[0] == 403:
             raise IngestDisabled
@@ -79,7 +92,7 @@ class WsToken(Schema):
     "/executions",
     url_name="ingest",
     auth=IngestToken(),
-    response={202: Accepted, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody},
+    response={202: Accepted, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 413: ErrorBody},
     summary="Publish one execution result or an array of them",
 )
 async def ingest_executions(
@@ -170,3 +183,8 @@ def layer_down(request: HttpRequest, exc: PublishNotDelivered) -> HttpResponse:
 @api.exception_handler(IngestDisabled)
 def ingest_disabled(request: HttpRequest, exc: IngestDisabled) -> HttpResponse:
     return api.create_response(request, {"error": INGEST_DISABLED}, status=403)
+
+
+@api.exception_handler(IngestBodyTooLarge)
+def ingest_body_too_large(request: HttpRequest, exc: IngestBodyTooLarge) -> HttpResponse:
+    return api.create_response(request, {"error": str(exc)}, status=413)

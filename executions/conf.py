@@ -21,6 +21,11 @@ DEFAULTS: dict[str, Any] = {
     "EXECUTIONS_SUBSCRIBE_POLICY": "executions.policy.owner_may_subscribe",
     # Shared secret for POST /api/executions; empty refuses every ingest request.
     "EXECUTIONS_INGEST_TOKEN": "",
+    # Largest body of POST /api/executions, in bytes; a larger one is a 413, never read.
+    "EXECUTIONS_MAX_INGEST_BYTES": 1024 * 1024,
+    # Largest multipart/form-data body (file uploads) elsewhere, in bytes; None: no limit.
+    # Other bodies are bounded by Django's DATA_UPLOAD_MAX_MEMORY_SIZE.
+    "EXECUTIONS_MAX_UPLOAD_BYTES": 10 * 1024 * 1024,
     # Lifetime of WebSocket tokens minted without an explicit TTL, in seconds.
     "EXECUTIONS_TOKEN_TTL": 3600,
     # How many group_add / group_discard calls one process runs at once; bounds the Redis

@@ -33,3 +33,8 @@ def not_delivered_body(exc: PublishNotDelivered) -> dict[str, Any]:
         "error": str(exc),
         "stored": [{"graph_id": event.graph_id, "seq": event.seq} for event in exc.undelivered],
     }
+
+
+def body_too_large_message(limit: int) -> str:
+    """The 413's error, whoever refuses the body (the app, or a server hook while it reads)."""
+    return f"Request body too large: the limit here is {limit} bytes."

@@ -11,7 +11,6 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.urls import Resolver404, resolve
@@ -22,6 +21,7 @@ from executions import conf
 from executions.errors import (
     BAD_CREDENTIALS,
     INGEST_DISABLED,
+    body_too_large_message,
     describe_validation_errors,
     not_delivered_body,
 )
@@ -54,11 +54,8 @@ def token_refusal(authorization: str) -> Reply | None:
     return None
 
 
-async def ingest(authorization: str, body: bytes) -> Reply:
-    """Check, validate and publish one request's results; return the status and JSON body."""
-    refusal = token_refusal(authorization)
-    if refusal is not None:
-        return refusal
+async def ingest(body: bytes) -> Reply:
+    """Validate and publish one authorized request's results; return the status and JSON body."""
     try:
         payload = _payload.validate_json(body)
     except ValidationError as exc:
@@ -81,21 +78,35 @@ class IngestEndpoint:
         if scope["type"] != "http" or scope["method"] != "POST" or not is_ingest_path(scope):
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        # The token first: a client without it is answered before a byte of its body is read
+        # (and the connection closed, since the body stays unread).
+        authorization = header(scope, b"authorization")
+        refusal = token_refusal(authorization)
+        if refusal is not None:
+            await _respond(send, *refusal, close=True)
+            return
+        limit = int(conf.get("EXECUTIONS_MAX_INGEST_BYTES"))
+        declared = header(scope, b"content-length")
+        body: bytes | None = None
+        if not (declared.isdigit() and int(declared) > limit):
+            try:
+                body = await _read_body(receive, limit)
+            except ClientGone:
+                return  # nobody to answer, and a partial body is never published
         if body is None:
-            status, reply = 413, {"error": "Request body too large."}
-        else:
-            status, reply = await ingest(header(scope, b"authorization"), body)
-        await _respond(send, status, reply)
+            await _respond(send, 413, {"error": body_too_large_message(limit)}, close=True)
+            return
+        await _respond(send, *await ingest(body))
 
 
 def is_ingest_path(scope: dict[str, Any]) -> bool:
     """True when the request's path is the ingest route of the site's URLconf."""
-    return _resolves_to_ingest(path_info(scope))
+    return resolves_to_ingest(path_info(scope))
 
 
 @lru_cache(maxsize=256)
-def _resolves_to_ingest(path: str) -> bool:
+def resolves_to_ingest(path: str) -> bool:
+    """True when `path` (below any root path) is the ingest route of the site's URLconf."""
     try:
         match = resolve(path)
     except Resolver404:
@@ -106,17 +117,22 @@ def _resolves_to_ingest(path: str) -> bool:
 @receiver(setting_changed)
 def _forget_resolved_paths(*, setting: str, **kwargs: Any) -> None:
     if setting == "ROOT_URLCONF":
-        _resolves_to_ingest.cache_clear()
+        resolves_to_ingest.cache_clear()
+
+
+class ClientGone(Exception):
+    """The client disconnected before it had sent the whole body."""
 
 
 async def _read_body(receive: Any, limit: int | None) -> bytes | None:
-    """The whole request body, or None once it passes `limit` bytes."""
+    """The whole request body, or None once it passes `limit` bytes; ClientGone if the client
+    disconnects first."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b"".join(chunks)
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if limit is not None and size > limit:
@@ -126,11 +142,13 @@ async def _read_body(receive: Any, limit: int | None) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _respond(send: Any, status: int, reply: dict[str, Any]) -> None:
+async def _respond(send: Any, status: int, reply: dict[str, Any], close: bool = False) -> None:
     content = json.dumps(reply).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(content)).encode()),
     ]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})

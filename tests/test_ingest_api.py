@@ -206,3 +206,17 @@ async def test_ids_no_database_can_store_are_a_400(subscriber: Any, field: str) 
 
     assert response.status_code == 400
     assert response.json()["error"].startswith(f"Invalid request body: {field}: ")
+
+
+async def test_a_body_over_the_ingest_limit_is_a_413_and_publishes_nothing(
+    subscriber: Any, settings: Any
+) -> None:
+    settings.EXECUTIONS_MAX_INGEST_BYTES = 2_000
+    batch = [as_json(make_result(node_exec_id=f"node-{i}")) for i in range(10)]
+    assert len(json.dumps(batch)) > 2_000
+
+    response = await post(batch)
+
+    assert response.status_code == 413
+    assert response.json() == {"error": "Request body too large: the limit here is 2000 bytes."}
+    assert await subscriber.receive_nothing(timeout=0.3)

@@ -13,6 +13,14 @@ versions in TESTED (the others get the plain ASGI send, see executions.servers):
 - Form bodies: Twisted parses urlencoded and multipart POST bodies into ``request.args``, which
   daphne never reads (the application gets the raw body). Turned off: it cost every POST tens
   of microseconds, and a large multipart body would be parsed inside the reactor.
+- Body limits: daphne reads a request's whole body (into a temporary file past 100 kB) before
+  the application sees any of it, so the application's own limit (executions.asgi's
+  RequestBodyLimit) would come after the disk had filled. Each HTTP/1.1 request gets the same
+  limit as the application gives it (``request_body_limit``) as soon as its headers are in: a
+  ``Content-Length`` over it is answered 413 at once and the connection closed without reading
+  the body, and a chunked body is cut off, with the same 413, at the chunk that crosses it.
+  Nothing past the limit is stored. (HTTP/2, which daphne speaks over TLS only, keeps daphne's
+  own buffering; the application still refuses the body once it has it.)
 - Shutdown: daphne cancels its applications at shutdown and lets the reactor drop their
   sockets, so clients see 1006 and cannot tell a restart from a crash. A hook sends each open
   WebSocket a 1012 close (service restart) first, which the ASGI close cannot carry under daphne.
@@ -20,11 +28,14 @@ versions in TESTED (the others get the plain ASGI send, see executions.servers):
 
 import asyncio
 import functools
+import io
 import sys
 import weakref
 from functools import cache
 from typing import Any
+from urllib.parse import unquote
 
+from executions.asgi import body_too_large, request_body_limit
 from executions.outbox import wire_text_frame
 from executions.servers.base import (
     ConnectionHooks,
@@ -67,7 +78,7 @@ def install(settings: ServerSettings) -> None:
     _applied = settings
     if first_time:
         _clamp_websocket_options()
-        _skip_form_parsing()
+        _bounded_requests_without_form_parsing()
         _say_restart_at_shutdown()
 
 
@@ -123,10 +134,10 @@ def _clamp_websocket_options() -> None:
     WebSocketFactory.setProtocolOptions = set_protocol_options
 
 
-def _skip_form_parsing() -> None:
-    from daphne.http_protocol import HTTPFactory, WebRequest
+def _bounded_requests_without_form_parsing() -> None:
+    from daphne.http_protocol import HTTPFactory
 
-    request_factory = functools.partial(WebRequest, parsePOSTFormSubmission=False)
+    request_factory = functools.partial(bounded_request_class(), parsePOSTFormSubmission=False)
     original = HTTPFactory.buildProtocol
 
     def build_protocol(self: Any, addr: Any) -> Any:
@@ -135,6 +146,100 @@ def _skip_form_parsing() -> None:
         return protocol
 
     HTTPFactory.buildProtocol = build_protocol
+
+
+@cache
+def bounded_request_class() -> type:
+    """daphne's WebRequest, refusing a body over its limit while Twisted reads it."""
+    from daphne.http_protocol import WebRequest
+    from twisted.web.http import HTTPChannel
+
+    base: Any = WebRequest  # Twisted's Request declares few of the attributes used here
+
+    class BoundedWebRequest(base):
+        content: Any  # the body's file, made by gotLength
+        _body_limit: int | None = None
+        _body_received = 0
+        _body_refused = False
+
+        def gotLength(self, length: int | None) -> None:
+            # Called once the headers are in, before Twisted makes the file the body goes to.
+            if isinstance(self.channel, HTTPChannel):
+                self._body_limit = _limit_for(self)
+            limit = self._body_limit
+            if limit is not None and length is not None and length > limit:
+                self._refuse_body(limit)
+                return
+            # A chunked body (no length) gets the file for the largest body it may have.
+            super().gotLength(limit if length is None else length)
+
+        def handleContentChunk(self, data: bytes) -> None:
+            if self._body_refused:
+                return
+            limit = self._body_limit
+            if limit is not None:
+                self._body_received += len(data)
+                if self._body_received > limit:
+                    self._refuse_body(limit)
+                    return
+            super().handleContentChunk(data)
+
+        def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+            if not self._body_refused:
+                super().requestReceived(command, path, version)
+
+        def _refuse_body(self, limit: int) -> None:
+            """Answer 413 and close the connection; the application never sees the request."""
+            self._body_refused = True
+            # No "100 Continue" after the answer: Twisted sends it once this returns.
+            self.requestHeaders.removeHeader(b"expect")
+            if self.content is not None:
+                self.content.close()
+            self.content = io.BytesIO()
+            headers, content = body_too_large(limit)
+            head = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+            channel = self.channel
+            status = b"HTTP/1.1 413 Content Too Large\r\n"
+            channel.transport.write(b"%s%s\r\n%s" % (status, head, content))
+            # Stops reading at once (the rest of the body is never received), sends the answer.
+            channel.loseConnection()
+            _log_refusal(channel, len(content))
+
+    return BoundedWebRequest
+
+
+def _limit_for(request: Any) -> int | None:
+    """The application's limit for the request whose headers Twisted has just read."""
+    channel = request.channel
+    method = channel._command.decode("ascii", "replace")
+    target = channel._path.split(b"?", 1)[0]
+    path = unquote(target.decode("ascii", "replace"))
+    # What daphne will give the application as root_path: strip it, as Django's handler does.
+    root_path = request.channel.factory.server.root_path
+    given = request.requestHeaders.getRawHeaders(b"daphne-root-path")
+    if given:
+        root_path = unquote(given[0].decode("ascii", "replace"))
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :] or "/"
+    content_type = (request.requestHeaders.getRawHeaders(b"content-type") or [b""])[0]
+    return request_body_limit(method, path, content_type.decode("latin-1"))
+
+
+def _log_refusal(channel: Any, size: int) -> None:
+    """A line in daphne's access log, as for any answered request."""
+    peer = channel.transport.getPeer()
+    channel.factory.server.log_action(
+        "http",
+        "complete",
+        {
+            "path": channel._path.decode("ascii", "replace"),
+            "status": 413,
+            "method": channel._command.decode("ascii", "replace"),
+            "client": f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}",
+            "time_taken": 0.0,
+            "size": size,
+        },
+    )
 
 
 def _say_restart_at_shutdown() -> None:
