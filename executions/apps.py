@@ -8,3 +8,6 @@ class ExecutionsConfig(AppConfig):
 
     def ready(self) -> None:
         from executions import checks  # noqa: F401  (registers the system checks)
+        from executions.revocation import connect_signals
+
+        connect_signals()

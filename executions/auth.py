@@ -10,7 +10,8 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from executions.exceptions import ExecutionsError
-from executions.tokens import user_for_token
+from executions.revocation import TOKEN_KEY
+from executions.tokens import verify_token
 
 Scope = dict[str, Any]
 ASGIApp = Any
@@ -36,8 +37,8 @@ class TokenAuthMiddleware:
         token = token_from_scope(scope)
         if token:
             try:
-                user = await database_sync_to_async(user_for_token)(token)
-                scope = {**scope, "user": user, AUTH_ERROR_KEY: None}
+                verified = await database_sync_to_async(verify_token)(token)
+                scope = {**scope, "user": verified.user, TOKEN_KEY: verified, AUTH_ERROR_KEY: None}
             except ExecutionsError as exc:
                 scope = {**scope, "user": AnonymousUser(), AUTH_ERROR_KEY: str(exc)}
         return await self.app(scope, receive, send)

@@ -13,7 +13,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from executions import conf, history, metrics, servers
+from executions import conf, history, metrics, revocation, servers
 from executions.auth import AUTH_ERROR_KEY
 from executions.fanout import local_fanout
 from executions.history import StoredEvent
@@ -46,7 +46,7 @@ Handler = Callable[["ExecutionStreamConsumer", ClientMessage], Awaitable[None]]
 REPLAY_PAGE_SIZE = 500
 # While the transport is full, how often to look again at the backlog and the client.
 STALL_POLL_SECONDS = 0.25
-# How long a slow consumer's closing error frame and close may wait for room in its socket.
+# How long a closing error frame and close may wait for room in a stalled client's socket.
 SLOW_CLOSE_SECONDS = 5.0
 
 
@@ -68,6 +68,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     subscriptions: dict[str, Subscription]
     _counted_user: object | None
+    _credential: revocation.Credential | None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         # Instead of channels' loop (a layer channel per connection, a task per message), the
@@ -85,6 +86,9 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         self._closing = False
         self.subscriptions = {}
         self._counted_user = None
+        self._credential = None
+        self._revoked: str | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         try:
             await self._serve(receive)
         except StopConsumer:
@@ -97,7 +101,9 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         incoming = self._next_client_message(receive)
         try:
             while True:
-                if incoming.done():
+                if self._revoked is not None and not self._closing:
+                    await self._close_revoked(self._revoked)
+                elif incoming.done():
                     message = incoming.result()
                     incoming = self._next_client_message(receive)
                     await self.dispatch(message)
@@ -133,7 +139,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         the history, a full socket, events already waiting, a server without direct frames)
         goes to the backlog, behind what is there.
         """
-        if self._closing:
+        if self._closing or self._revoked is not None:
             return
         if self._idle and not self.backlog and self._direct_frames is not None and self._writable():
             subscription, seq = self._wanted(event)
@@ -176,6 +182,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     async def _release(self, code: int | None = None) -> None:
         """Give back what this connection holds; safe to call more than once."""
         await self._drop_subscriptions()
+        await self._stop_following_revocations()
         if self._counted_user is not None:
             open_connections.release(self._counted_user)
             metrics.CONNECTIONS.dec()
@@ -230,6 +237,10 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     async def subscribe(self, message: ClientMessage) -> None:
         request = subscription_request(message)
         graph_id = request.graph_id
+        refusal = await database_sync_to_async(revocation.refusal_now)(self.scope)
+        if refusal is not None:
+            self.revoke(refusal)
+            return
         if not await self._may_subscribe(graph_id):
             self._log("websocket.subscribe_refused")
             raise ProtocolViolation("not_allowed", ErrorText.NOT_ALLOWED, graph_id)
@@ -351,6 +362,50 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
                 await asyncio.wait_for(pressure.writable.wait(), STALL_POLL_SECONDS)
         return not self._closing
 
+    def revoke(self, reason: str) -> None:
+        """The connection lost its authentication: close with 4001 and `reason`, sending nothing
+        more of any graph (the fan-out calls this; it must not block)."""
+        if self._closing or self._revoked is not None:
+            return
+        self._revoked = reason
+        self.backlog.wake()
+
+    async def _follow_revocations(self) -> None:
+        """Be closed when the credential is revoked anywhere, or when it expires."""
+        credential = await database_sync_to_async(revocation.credential_of)(self.scope)
+        self._credential = credential
+        await local_fanout(self.channel_layer).track(self, credential)
+        # A revocation sent between the handshake and now reached nobody: look once more.
+        refusal = await database_sync_to_async(revocation.refusal_now)(self.scope)
+        if refusal is not None:
+            self.revoke(refusal)
+            return
+        if credential.expires_at is not None:
+            reason = ErrorText.SESSION_ENDED if credential.session_key else ErrorText.TOKEN_EXPIRED
+            delay = max(0.0, credential.expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self.revoke, reason)
+
+    async def _stop_following_revocations(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._credential is not None:
+            await local_fanout(self.channel_layer).untrack(self, self._credential)
+            self._credential = None
+
+    async def _close_revoked(self, reason: str) -> None:
+        metrics.CONNECTIONS_REVOKED.labels(reason).inc()
+        self._log("websocket.revoked", reason=reason)
+        await self._drop_subscriptions()
+        await self._close_within(CloseCode.UNAUTHENTICATED, reason)
+
+    async def _close_within(self, code: int, reason: str) -> None:
+        """Close after an error frame; a client that takes neither in time is not waited for."""
+        try:
+            await asyncio.wait_for(self._close_with_error(code, reason), SLOW_CLOSE_SECONDS)
+        except TimeoutError:
+            raise StopConsumer from None
+
     async def _close_slow_consumer(self) -> None:
         """The backlog passed its limit: stop following graphs and close with 4008.
 
@@ -361,13 +416,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         metrics.SLOW_CONSUMER_DISCONNECTS.inc()
         self._log("websocket.slow_consumer", backlog_bytes=self.backlog.size)
         await self._drop_subscriptions()
-        try:
-            await asyncio.wait_for(
-                self._close_with_error(CloseCode.SLOW_CONSUMER, ErrorText.SLOW_CONSUMER),
-                SLOW_CLOSE_SECONDS,
-            )
-        except TimeoutError:
-            raise StopConsumer from None
+        await self._close_within(CloseCode.SLOW_CONSUMER, ErrorText.SLOW_CONSUMER)
 
     async def _drop_subscriptions(self) -> None:
         fanout = local_fanout(self.channel_layer)
@@ -393,6 +442,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             self._counted_user = user_key
             metrics.CONNECTIONS.inc()
             self._log("websocket.connect")
+            await self._follow_revocations()
         if over is not None:
             self._log("websocket.connection_limit", limit=over)
 

@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 from typing import Any
 
+from executions.protocol import ErrorText
+
 
 class ExecutionsError(Exception):
     """Base class of the app's own errors."""
@@ -19,7 +21,7 @@ class TokenExpired(ExecutionsError):
     """The WebSocket token was genuine but its lifetime is over."""
 
     def __init__(self) -> None:
-        super().__init__("Token expired")
+        super().__init__(ErrorText.TOKEN_EXPIRED)
 
 
 class PublishNotDelivered(ExecutionsError):

@@ -5,6 +5,9 @@ first time one of its connections subscribes and leaves when the last one goes, 
 event once from the layer, and hands the very same message to every local subscriber. One event
 is thus one layer message per process, not one per subscriber.
 
+The fan-out also joins the revocations group (executions.revocation) while the process has
+connections, and closes the connections a revocation names.
+
 The layer may lose events (Redis restarts, a pub/sub reconnection window). A sweep compares, now
 and then, each followed graph's stored head with the last number the layer brought: a number
 stored a whole sweep ago and still not seen is handed out from the history, and the connections'
@@ -24,6 +27,7 @@ from channels.layers import InMemoryChannelLayer
 from executions import conf, history, membership, metrics
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
+from executions.revocation import REVOCATIONS_GROUP, REVOKE_EVENT, Credential, applies_to
 from executions.schemas import EXECUTION_RESULT_EVENT
 
 logger = logging.getLogger(__name__)
@@ -50,12 +54,19 @@ class Receiver(Protocol):
         """Take an event for later sending; must not block."""
 
 
+class Revocable(Protocol):
+    def revoke(self, reason: str) -> None:
+        """Close with 4001 and `reason` soon; must not block."""
+
+
 class LocalFanout:
     """The process's subscriptions, by graph, and the one task that receives their events."""
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         self.members: dict[str, set[Receiver]] = {}
+        # The process's authenticated connections, by user key, and how each authenticated.
+        self.connections: dict[str, dict[Revocable, Credential]] = {}
         self.channel_name: str | None = None
         self._changes = asyncio.Lock()
         self._receiving: asyncio.Task[None] | None = None
@@ -84,8 +95,37 @@ class LocalFanout:
                 return
             del self.members[graph_id]
             await membership.leave(self.layer, graph_group_name(graph_id), await self._channel())
-            if not self.members:
-                self._stop()
+            self._stop_when_idle()
+
+    async def track(self, connection: Revocable, credential: Credential) -> None:
+        """Follow revocations for an authenticated connection until untrack()."""
+        async with self._changes:
+            if not self.connections:
+                await membership.join(self.layer, REVOCATIONS_GROUP, await self._channel())
+            self.connections.setdefault(credential.user_key, {})[connection] = credential
+            self._start()
+
+    async def untrack(self, connection: Revocable, credential: Credential) -> None:
+        async with self._changes:
+            of_user = self.connections.get(credential.user_key, {})
+            if of_user.pop(connection, None) is None:
+                return
+            if not of_user:
+                del self.connections[credential.user_key]
+            if not self.connections:
+                await membership.leave(self.layer, REVOCATIONS_GROUP, await self._channel())
+            self._stop_when_idle()
+
+    def revoke(self, event: dict[str, Any]) -> None:
+        """Close every local connection a revocation applies to."""
+        of_user = self.connections.get(event["user_id"], {})
+        for connection, credential in tuple(of_user.items()):
+            if applies_to(event, credential):
+                connection.revoke(event["reason"])
+
+    def _stop_when_idle(self) -> None:
+        if not self.members and not self.connections:
+            self._stop()
 
     async def _channel(self) -> str:
         if self.channel_name is None:
@@ -124,8 +164,11 @@ class LocalFanout:
                 logger.exception("fan-out receive failed; retrying")
                 await asyncio.sleep(RECEIVE_RETRY_SECONDS)
                 continue
-            if event.get("type") == EXECUTION_RESULT_EVENT:
+            kind = event.get("type")
+            if kind == EXECUTION_RESULT_EVENT:
                 self.hand_out(event)
+            elif kind == REVOKE_EVENT:
+                self.revoke(event)
             handed_out += 1
             if handed_out % YIELD_EVERY == 0:
                 # A receive that finds a message ready does not yield: let the connections
@@ -168,6 +211,8 @@ class LocalFanout:
                 for stored in missed:
                     metrics.EVENTS_RECOVERED.inc()
                     self.hand_out(layer_event(stored))
+        if not self.members:
+            return {}
         return await database_sync_to_async(history.heads)(list(self.members))
 
     async def _refresh_forever(self, interval: float) -> None:
@@ -175,12 +220,15 @@ class LocalFanout:
         while True:
             await asyncio.sleep(interval)
             channel = await self._channel()
-            for graph_id in tuple(self.members):
+            groups = [graph_group_name(graph_id) for graph_id in tuple(self.members)]
+            if self.connections:
+                groups.append(REVOCATIONS_GROUP)
+            for group in groups:
                 try:
-                    await membership.join(self.layer, graph_group_name(graph_id), channel)
+                    await membership.join(self.layer, group, channel)
                 except Exception:
                     metrics.LAYER_FAILURES.labels("group_add").inc()
-                    logger.exception("refreshing the membership of %s failed", graph_id)
+                    logger.exception("refreshing the membership of %s failed", group)
 
 
 _fanouts: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, LocalFanout]]" = (

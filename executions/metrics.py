@@ -17,6 +17,11 @@ ERROR_FRAMES = Counter(
 AUTH_FAILURES = Counter(
     "executions_auth_failures", "Connections refused for authentication, by reason.", ["reason"]
 )
+CONNECTIONS_REVOKED = Counter(
+    "executions_connections_revoked",
+    "Open connections closed because their authentication ended, by reason.",
+    ["reason"],
+)
 EVENTS_RECOVERED = Counter(
     "executions_events_recovered",
     "Events the channel layer never brought, handed out from the history by the sweep.",

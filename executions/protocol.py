@@ -38,6 +38,12 @@ class ErrorText:
     NOT_PROCESSED = "Message type is not processed by the server"
     NOT_ALLOWED = "Not allowed to subscribe to this graph."
     MISSING_TOKEN = "Missing authentication token"
+    # Why an open connection loses its authentication (close 4001, after an error frame).
+    TOKEN_EXPIRED = "Token expired"
+    SESSION_ENDED = "Session ended: log in again"
+    PASSWORD_CHANGED = "Credentials revoked: the password changed"
+    USER_DEACTIVATED = "Credentials revoked: the user was deactivated"
+    USER_DELETED = "Credentials revoked: the user was deleted"
     UNKNOWN_METHOD = "Unknown method; expected one of: subscribe, unsubscribe, heartbeat."
     MESSAGE_TOO_BIG = "Message too big: the limit is {limit} bytes."
     TOO_MANY_SUBSCRIPTIONS = (

@@ -23,11 +23,20 @@ class IssuedToken:
     expires_at: datetime
 
 
+@dataclass(frozen=True)
+class VerifiedToken:
+    """What a valid token says: whose it is, until when, and under which password."""
+
+    user: AbstractBaseUser
+    expires_at: float  # a Unix time
+    fingerprint: str
+
+
 def _signer() -> signing.Signer:
     return signing.Signer(salt=_SALT, sep=_SEPARATOR)
 
 
-def _password_fingerprint(user: AbstractBaseUser) -> str:
+def password_fingerprint(user: AbstractBaseUser) -> str:
     # Changing the password (or disabling it) invalidates every token minted before.
     return user.get_session_auth_hash()[:16]
 
@@ -38,13 +47,18 @@ def mint_token(user: AbstractBaseUser, ttl_seconds: int | None = None) -> Issued
     if ttl <= 0:
         raise ValueError("A token's lifetime must be a positive number of seconds.")
     expires = int(time.time()) + ttl
-    payload = {"u": str(user.pk), "e": expires, "p": _password_fingerprint(user)}
+    payload = {"u": str(user.pk), "e": expires, "p": password_fingerprint(user)}
     token = _signer().sign_object(payload)
     return IssuedToken(token=token, expires_at=datetime.fromtimestamp(expires, tz=UTC))
 
 
 def user_for_token(token: str) -> AbstractBaseUser:
     """Return the active user a token names; raise InvalidToken or TokenExpired otherwise."""
+    return verify_token(token).user
+
+
+def verify_token(token: str) -> VerifiedToken:
+    """Check a token against the database; raise InvalidToken or TokenExpired if it fails."""
     try:
         payload = _signer().unsign_object(token)
         user_pk, expires, fingerprint = payload["u"], int(payload["e"]), str(payload["p"])
@@ -55,8 +69,8 @@ def user_for_token(token: str) -> AbstractBaseUser:
         user = user_model._default_manager.get(pk=user_pk)
     except (user_model.DoesNotExist, ValueError) as exc:
         raise InvalidToken from exc
-    if not user.is_active or not constant_time_compare(fingerprint, _password_fingerprint(user)):
+    if not user.is_active or not constant_time_compare(fingerprint, password_fingerprint(user)):
         raise InvalidToken
     if expires <= time.time():
         raise TokenExpired
-    return user
+    return VerifiedToken(user=user, expires_at=float(expires), fingerprint=fingerprint)

@@ -4,9 +4,16 @@ import os
 import socket
 from functools import cache
 
+import django
 import pytest
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# For the tests of executions.tasks and executions.demo_tasks, whose tasks need django.tasks.
+needs_django_tasks = pytest.mark.skipif(
+    django.VERSION < (6, 0),
+    reason=f"django.tasks is new in Django 6.0; this is Django {django.get_version()}",
+)
 
 
 @cache
@@ -35,12 +42,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def group_members(layer: object) -> dict[str, int]:
+async def group_members(layer: object, graphs_only: bool = False) -> dict[str, int]:
     """Every group the layer still has members in, with their counts, read from the layer itself.
 
     In-memory: the layer's own table. Redis pub/sub: this process's table and the server's live
     subscriptions under the layer's prefix. Redis core: the group sorted sets on the server.
+    With `graphs_only`, only graphs' groups: a process with open connections is also a member
+    of the revocations group (executions.revocation) until the last one closes.
     """
+    members = await _group_members(layer)
+    if graphs_only:
+        return {group: count for group, count in members.items() if "graph." in group}
+    return members
+
+
+async def _group_members(layer: object) -> dict[str, int]:
     from channels.layers import InMemoryChannelLayer
     from channels_redis.core import RedisChannelLayer
     from channels_redis.pubsub import RedisPubSubChannelLayer

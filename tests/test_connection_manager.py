@@ -60,7 +60,7 @@ async def test_unsubscribe(connect: Any, alice_token: str, channel_layer: Any) -
     assert await client.receive_from(timeout=5) == (
         '{"method":"unsubscribe","data":null,"success":true,"channel":"test_graph","error":null}'
     )
-    assert await group_members(channel_layer) == {}
+    assert await group_members(channel_layer, graphs_only=True) == {}
 
 
 async def test_send_execution_result(connect: Any, alice_token: str, result_factory: Any) -> None:
@@ -85,4 +85,4 @@ async def test_send_execution_result_no_subscribers(
     await send_execution_result(result)
 
     assert await bystander.receive_nothing(timeout=0.3)
-    assert await group_members(get_channel_layer()) == {}
+    assert await group_members(get_channel_layer(), graphs_only=True) == {}
