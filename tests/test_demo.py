@@ -14,16 +14,14 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.tasks import TaskResultStatus
 
 from executions import history
 from executions.client import connect
 from executions.demo import plan_demo_graph, run_demo_graph
-from executions.demo_tasks import run_demo_graph_task
 from executions.layers import channel_layer_config
 from executions.schemas import ExecutionResult, ExecutionStatus
 from tests.servers import DaphneServer, Site, prepare_site, run_manage
-from tests.support import redis_url_or_skip
+from tests.support import needs_django_tasks, redis_url_or_skip
 
 QUEUED, RUNNING = ExecutionStatus.QUEUED, ExecutionStatus.RUNNING
 COMPLETED, FAILED = ExecutionStatus.COMPLETED, ExecutionStatus.FAILED
@@ -147,9 +145,14 @@ async def test_invalid_arguments_are_refused() -> None:
             await run_demo_graph("g", **kwargs)
 
 
+@needs_django_tasks
 def test_the_django_task_runs_the_demo_through_the_sync_helpers(
     settings: Any, transactional_db: None, make_user: Any
 ) -> None:
+    from django.tasks import TaskResultStatus
+
+    from executions.demo_tasks import run_demo_graph_task
+
     settings.CHANNEL_LAYERS = {"default": channel_layer_config()}
     make_user("alice", graphs=("test_graph",))
 

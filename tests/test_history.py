@@ -14,6 +14,7 @@ from executions.events import send_execution_results_sync
 from executions.models import ExecutionEvent
 from executions.tokens import mint_token
 from tests.conftest import make_result
+from tests.support import needs_django_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -191,6 +192,7 @@ def test_the_prune_command_applies_the_configured_retention(alice: Any, settings
     assert history.position("test_graph").oldest == 4
 
 
+@needs_django_tasks
 def test_the_prune_task_runs_through_django_tasks(alice: Any, settings: Any) -> None:
     from executions.tasks import prune_execution_history
 
