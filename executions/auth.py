@@ -1,15 +1,14 @@
 """ASGI middleware that decides who is on the other end of a WebSocket."""
 
 from typing import Any
-from urllib.parse import ParseResult, parse_qs
+from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
-from channels.security.websocket import OriginValidator
-from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from executions.exceptions import ExecutionsError
+from executions.origins import ExactOriginValidator
 from executions.revocation import TOKEN_KEY
 from executions.tokens import verify_token
 
@@ -44,28 +43,7 @@ class TokenAuthMiddleware:
         return await self.app(scope, receive, send)
 
 
-class BrowserOriginValidator(OriginValidator):
-    """Refuse browsers from other sites; let through clients that send no Origin at all.
-
-    Browsers always send Origin on a WebSocket handshake, so a missing one means a program,
-    which cannot be the victim of cross-site WebSocket hijacking and still has to authenticate.
-    """
-
-    def valid_origin(self, parsed_origin: ParseResult | None) -> bool:
-        if parsed_origin is None:
-            return True
-        return bool(self.validate_origin(parsed_origin))
-
-
-def allowed_origin_patterns() -> list[str]:
-    hosts = list(settings.ALLOWED_HOSTS)
-    if settings.DEBUG and not hosts:
-        hosts = [".localhost", "127.0.0.1", "[::1]"]
-    return hosts
-
-
 def websocket_auth_stack(app: ASGIApp) -> ASGIApp:
-    """Wrap a WebSocket app in origin checks, session auth and token auth, in that order."""
-    return BrowserOriginValidator(
-        AuthMiddlewareStack(TokenAuthMiddleware(app)), allowed_origin_patterns()
-    )
+    """Wrap a WebSocket app in origin checks (executions.origins), session auth and token auth,
+    in that order."""
+    return ExactOriginValidator(AuthMiddlewareStack(TokenAuthMiddleware(app)))

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connection
 
-from executions import conf
+from executions import conf, origins
 from executions.layers import IN_MEMORY_LAYER
 
 
@@ -41,6 +41,21 @@ def check_ingest_token(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             "python -c 'import secrets; print(secrets.token_urlsafe(32))'.",
             id="executions.W002",
         )
+    ]
+
+
+@register(Tags.security)
+def check_allowed_origins(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    # Entries that are not exact origins are never matched (executions.origins): say so.
+    return [
+        Error(
+            f"EXECUTIONS_ALLOWED_ORIGINS: {problem}",
+            hint="List full origins, each scheme://host[:port] exactly as a browser sends it "
+            'in its Origin header, e.g. ["https://app.example.com", "http://localhost:3000"]; '
+            "no wildcard, path or trailing slash. The site's own origin needs no entry.",
+            id="executions.E002",
+        )
+        for problem in origins.entries_problems(conf.get("EXECUTIONS_ALLOWED_ORIGINS"))
     ]
 
 

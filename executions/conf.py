@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "EXECUTIONS_MAX_UPLOAD_BYTES": 10 * 1024 * 1024,
     # Lifetime of WebSocket tokens minted without an explicit TTL, in seconds.
     "EXECUTIONS_TOKEN_TTL": 3600,
+    # Browser origins allowed on the WebSocket besides the request's own, each a full
+    # "scheme://host[:port]" compared exactly (no wildcards; see executions.origins).
+    "EXECUTIONS_ALLOWED_ORIGINS": [],
     # How many group_add / group_discard calls one process runs at once; bounds the Redis
     # connections a burst of connects or disconnects takes from the pool.
     "EXECUTIONS_MEMBERSHIP_CONCURRENCY": 32,

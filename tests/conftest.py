@@ -19,7 +19,16 @@ from executions.tokens import mint_token
 from executions.writers import writers
 from tests.support import redis_url_or_skip
 
+# The site as a browser on http://localhost sees it: its Host, and the Origin of its pages.
+HOST = b"localhost"
 ALLOWED_ORIGIN = b"http://localhost"
+
+
+def browser_headers(
+    origin: bytes = ALLOWED_ORIGIN, host: bytes = HOST
+) -> list[tuple[bytes, bytes]]:
+    """The Host and Origin headers of a browser's handshake (the Origin must match exactly)."""
+    return [(b"host", host), (b"origin", origin)]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -95,7 +104,7 @@ async def connect(application: Any, channel_layer: Any) -> AsyncIterator[Callabl
         expect_accept: bool = True,
     ) -> WebsocketCommunicator:
         path = "/ws" if token is None else f"/ws?token={token}"
-        headers = [(b"origin", origin)] if origin is not None else []
+        headers = browser_headers(origin) if origin is not None else [(b"host", HOST)]
         communicator = WebsocketCommunicator(application, path, headers=headers)
         opened.append(communicator)
         connected, _ = await communicator.connect(timeout=5)

@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from executions.tokens import mint_token
-from tests.conftest import subscribe
+from tests.conftest import browser_headers, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -106,7 +106,7 @@ async def test_a_browser_connects_with_its_session(application: Any, alice: Any)
 
     cookie = await sync_to_async(session_cookie)(alice)
     client = WebsocketCommunicator(
-        application, "/ws", headers=[(b"origin", b"http://localhost"), (b"cookie", cookie)]
+        application, "/ws", headers=[*browser_headers(), (b"cookie", cookie)]
     )
     connected, _ = await client.connect(timeout=5)
     try:
@@ -123,7 +123,7 @@ async def test_a_given_token_wins_over_the_session(application: Any, alice: Any)
     client = WebsocketCommunicator(
         application,
         "/ws?token=forged",
-        headers=[(b"origin", b"http://localhost"), (b"cookie", cookie)],
+        headers=[*browser_headers(), (b"cookie", cookie)],
     )
     await client.connect(timeout=5)
     try:

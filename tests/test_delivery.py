@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 from executions.events import send_execution_result
 from executions.groups import graph_group_name
 from executions.tokens import mint_token
-from tests.conftest import ALLOWED_ORIGIN, make_result, subscribe
+from tests.conftest import browser_headers, make_result, subscribe
 from tests.support import group_members
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,7 +56,7 @@ async def test_a_storm_of_connections_leaves_no_member_behind(
 
     async def visit() -> None:
         client = WebsocketCommunicator(
-            application, f"/ws?token={alice_token}", headers=[(b"origin", ALLOWED_ORIGIN)]
+            application, f"/ws?token={alice_token}", headers=browser_headers()
         )
         connected, _ = await client.connect(timeout=30)
         assert connected
@@ -85,9 +85,7 @@ async def test_memberships_are_refreshed_before_they_expire(
     config["CONFIG"]["group_expiry"] = 2
     settings.CHANNEL_LAYERS = {"default": config}
     token = await sync_to_async(lambda: mint_token(alice).token)()
-    client = WebsocketCommunicator(
-        application, f"/ws?token={token}", headers=[(b"origin", ALLOWED_ORIGIN)]
-    )
+    client = WebsocketCommunicator(application, f"/ws?token={token}", headers=browser_headers())
     await client.connect(timeout=5)
     try:
         await subscribe(client, "test_graph")

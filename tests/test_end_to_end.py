@@ -300,7 +300,8 @@ async def test_cross_site_origin_is_refused_at_handshake(
 async def test_same_site_origin_with_valid_token_is_accepted(
     server: DaphneServer, people: People
 ) -> None:
-    origin = f"http://localhost:{server.port}"
+    # The page's own origin: the host and port the client connects to (server.ws_url).
+    origin = f"http://127.0.0.1:{server.port}"
     async with ws_client(server, people.alice_token, origin=origin) as alice:
         await subscribed(alice, ALICE_GRAPH)
         await assert_heartbeat_answered(alice)

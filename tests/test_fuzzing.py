@@ -35,7 +35,7 @@ from executions.events import send_execution_result
 from executions.limits import open_connections
 from executions.protocol import CloseCode, ErrorText
 from executions.schemas import Methods, WsMessage
-from tests.conftest import ALLOWED_ORIGIN, make_result, subscribe
+from tests.conftest import browser_headers, make_result, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -154,7 +154,7 @@ class Fuzzer:
 
     async def open(self) -> WebsocketCommunicator:
         client = WebsocketCommunicator(
-            self.application, f"/ws?token={self.token}", headers=[(b"origin", ALLOWED_ORIGIN)]
+            self.application, f"/ws?token={self.token}", headers=browser_headers()
         )
         connected, _ = await client.connect(timeout=REPLY_TIMEOUT)
         assert connected

@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from executions.schemas import execution_event_frame
-from tests.conftest import ALLOWED_ORIGIN, make_result
+from tests.conftest import browser_headers, make_result
 from tests.test_ingest_api import Answer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -111,7 +111,7 @@ async def test_the_websocket_follows_the_prefix(
     live_site: None, application: Any, channel_layer: Any, alice_token: str
 ) -> None:
     communicator = WebsocketCommunicator(
-        application, f"/live/ws?token={alice_token}", headers=[(b"origin", ALLOWED_ORIGIN)]
+        application, f"/live/ws?token={alice_token}", headers=browser_headers()
     )
     connected, _ = await communicator.connect(timeout=5)
     assert connected
@@ -132,7 +132,7 @@ async def test_a_websocket_outside_the_mounted_route_is_refused_at_the_handshake
 ) -> None:
     for path in ("/ws", "/live/", "/live/wss", "/elsewhere/ws"):
         communicator = WebsocketCommunicator(
-            application, f"{path}?token={alice_token}", headers=[(b"origin", ALLOWED_ORIGIN)]
+            application, f"{path}?token={alice_token}", headers=browser_headers()
         )
         connected, code = await communicator.connect(timeout=5)
         assert (connected, code) == (False, 1000), path  # a close before accept: 403
