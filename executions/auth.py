@@ -1,6 +1,6 @@
 """ASGI middleware that decides who is on the other end of a WebSocket."""
 
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack
@@ -19,15 +19,61 @@ ASGIApp = Any
 AUTH_ERROR_KEY = "executions_auth_error"
 
 
+# The subprotocol of the stream, which the server accepts when the client offers it; and the
+# prefix of the one that carries a token (browsers can set no header on a WebSocket).
+SUBPROTOCOL: Final = "executions"
+BEARER_SUBPROTOCOL_PREFIX: Final = "executions.bearer."
+
+
 def token_from_scope(scope: Scope) -> str:
-    """Return the ``token`` query parameter, or "" when absent or empty."""
+    """The token the client offered, or "" when none; an empty value counts as none.
+
+    From the first of: an ``Authorization: Bearer TOKEN`` header, an offered subprotocol
+    ``executions.bearer.TOKEN``, the ``token`` query parameter. Only the first one given is
+    checked: an invalid header token is refused even with a valid ``?token=``.
+    """
+    return (
+        _token_from_authorization(scope)
+        or _token_from_subprotocols(scope)
+        or _token_from_query(scope)
+    )
+
+
+def _token_from_authorization(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if bytes(name).lower() != b"authorization":
+            continue
+        scheme, _, credentials = bytes(value).decode("latin-1").strip().partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return ""
+
+
+def _token_from_subprotocols(scope: Scope) -> str:
+    for subprotocol in scope.get("subprotocols") or ():
+        token = str(subprotocol).removeprefix(BEARER_SUBPROTOCOL_PREFIX)
+        if token and token != subprotocol:
+            return token
+    return ""
+
+
+def _token_from_query(scope: Scope) -> str:
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     values = query.get("token") or [""]
     return values[0]
 
 
+def chosen_subprotocol(scope: Scope) -> str | None:
+    """The subprotocol to accept: ``executions`` when the client offered it, else none.
+
+    Never the ``executions.bearer.`` one: the handshake's answer would echo the token.
+    """
+    return SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
+
+
 class TokenAuthMiddleware:
-    """Authenticate programs by ``?token=``; a token, when given, wins over the session."""
+    """Authenticate programs by token (``token_from_scope``); a token, when given, wins over
+    the session."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -9,6 +9,8 @@
             handle(result)                           # a validated ExecutionResult
             checkpoint = stream.position("G")        # its seq: pass it as since next time
 
+The token travels in the handshake's ``Authorization: Bearer`` header, never in the URL.
+
 Where a subscription starts (``stream.subscribe(graph_id, since=None, snapshot=False)``):
 
 - ``since=N``: every event numbered after N, from the server's history, then the live stream;
@@ -79,6 +81,7 @@ from executions.extras import MissingExtra
 try:
     from websockets.asyncio.client import ClientConnection
     from websockets.asyncio.client import connect as websocket_connect
+    from websockets.datastructures import Headers, HeadersLike
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 except ImportError as missing:
     raise MissingExtra("client", "The Python client (executions.client)") from missing
@@ -598,11 +601,15 @@ class ExecutionStream:
 
     async def _open_connection(self) -> ClientConnection:
         """Open a connection and prove it with a heartbeat round trip (the token is checked)."""
-        url = _with_token(self.url, await self._current_token())
+        token = await self._current_token()
+        url, options = self.url, self._websocket_options
+        if token:
+            # In a header, never in the URL, which servers and proxies write to their logs.
+            url = _without_token(url)
+            headers = _with_authorization(options.get("additional_headers"), token)
+            options = {**options, "additional_headers": headers}
         try:
-            ws = await websocket_connect(
-                url, open_timeout=self.open_timeout, **self._websocket_options
-            )
+            ws = await websocket_connect(url, open_timeout=self.open_timeout, **options)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if 400 <= status < 500:
@@ -881,10 +888,12 @@ def connect(
 ) -> ExecutionStream:
     """A stream to open with ``async with``: ``async with connect(url, token=...) as stream``.
 
-    ``token`` is appended as ``?token=`` (a string, or a callable, sync or async, called for
-    each connection attempt so a long-lived client can mint fresh tokens). ``on_state(state,
-    detail)`` is called on every change of ``ConnectionState``. ``websocket_options`` go to
-    ``websockets.asyncio.client.connect`` (``ssl``, ``additional_headers``, ``proxy``...).
+    ``token`` goes in the handshake's ``Authorization: Bearer`` header, never in the URL (a
+    ``token`` query parameter of `url` is dropped when one is given); it is a string, or a
+    callable, sync or async, called for each connection attempt so a long-lived client can mint
+    fresh tokens. ``on_state(state, detail)`` is called on every change of ``ConnectionState``.
+    ``websocket_options`` go to ``websockets.asyncio.client.connect`` (``ssl``,
+    ``additional_headers``, ``proxy``...).
     """
     return ExecutionStream(
         url,
@@ -901,13 +910,23 @@ def connect(
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _with_token(url: str, token: str | None) -> str:
-    if not token:
-        return url
+def _without_token(url: str) -> str:
+    """`url` without its ``token`` query parameters (the header carries the token)."""
     parts = urlsplit(url)
-    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "token"]
-    query.append(("token", token))
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(key, value) for key, value in query if key != "token"]
+    if len(kept) == len(query):
+        return url
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+def _with_authorization(given: HeadersLike | None, token: str) -> Headers:
+    """The caller's extra handshake headers, with ``Authorization: Bearer`` for `token`."""
+    headers = Headers(given) if given is not None else Headers()
+    if "Authorization" in headers:
+        del headers["Authorization"]
+    headers["Authorization"] = f"Bearer {token}"
+    return headers
 
 
 def _parse(message: str | bytes) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
 from executions import conf, history, metrics, revocation, servers
-from executions.auth import AUTH_ERROR_KEY
+from executions.auth import AUTH_ERROR_KEY, chosen_subprotocol
 from executions.fanout import local_fanout
 from executions.history import StoredEvent
 from executions.inbound import decode_client_message, subscription_request
@@ -167,7 +167,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         )
         # Refused messages drain this one; once it is empty the client is closed.
         self._patience = TokenBucket(1, conf.get("EXECUTIONS_MESSAGE_BURST"))
-        await self.accept()
+        await self.accept(chosen_subprotocol(self.scope))
         refusal = self._authentication_refusal()
         if refusal:
             metrics.AUTH_FAILURES.labels(refusal).inc()

@@ -413,3 +413,50 @@ async def test_slow_consumer_close_silent_server_and_protocol_errors(caplog: Any
     assert len(heartbeats_while_silent) >= 2  # the first proves the token, then periodic ones
     assert stream.reconnects == 2
     assert "No answer to a heartbeat" in caplog.text
+
+
+# --- where the token travels --------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def recording_server() -> AsyncIterator[tuple[str, list[tuple[str, list[str], Any]]]]:
+    """Answers heartbeats; records each handshake's path, Authorization and X-Trace headers."""
+    handshakes: list[tuple[str, list[str], Any]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        headers = ws.request.headers
+        handshakes.append(
+            (ws.request.path, headers.get_all("Authorization"), headers.get("X-Trace"))
+        )
+        async for text in ws:
+            if json.loads(text)["method"] == "heartbeat":
+                await ws.send(PONG)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/ws", handshakes
+
+
+async def test_the_token_goes_in_the_authorization_header_never_in_the_url() -> None:
+    async def fresh_token() -> str:
+        return "fresh-token.abc"
+
+    async with recording_server() as (url, handshakes):
+        async with connect(url, token="a-token.xyz", reconnect=FAST_RECONNECT):
+            pass
+        # A token in the given URL is dropped; the caller's other headers are kept.
+        async with connect(
+            f"{url}?keep=1&token=stale",
+            token=fresh_token,
+            reconnect=FAST_RECONNECT,
+            additional_headers={"X-Trace": "1", "Authorization": "Basic eDp5"},
+        ):
+            pass
+        async with connect(url, reconnect=FAST_RECONNECT):
+            pass
+
+    assert handshakes == [
+        ("/ws", ["Bearer a-token.xyz"], None),
+        ("/ws?keep=1", ["Bearer fresh-token.abc"], "1"),
+        ("/ws", [], None),
+    ]

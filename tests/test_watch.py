@@ -6,6 +6,7 @@ through the server's ingest endpoint. Every wait is bounded.
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 import uuid
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from tests.servers import MANAGE_PY, REPO_ROOT, DaphneServer, Site, post_executions, prepare_site
 
@@ -181,3 +183,23 @@ async def test_ctrl_c_exits_cleanly(setup: Setup) -> None:
     assert code == 0, stderr
     assert "Stopped." in stderr
     assert "Traceback" not in stderr
+
+
+async def test_the_token_travels_in_the_authorization_header(setup: Setup) -> None:
+    """A stand-in server records the handshake, then refuses it as the app would."""
+    handshakes: list[tuple[str, str | None]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        handshakes.append((ws.request.path, ws.request.headers.get("Authorization")))
+        refusal = {"method": "error", "data": None, "success": False, "channel": None}
+        await ws.send(json.dumps({**refusal, "error": "Invalid token"}))
+        await ws.close(4001, "Invalid token")
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        async with watching(setup, setup.graph_id, "--url", url, "--token", setup.token) as process:
+            code, _, stderr = await finish(process)
+
+    assert code == 1, stderr
+    assert "Authentication failed: Invalid token" in stderr
+    assert handshakes == [("/ws", f"Bearer {setup.token}")]
