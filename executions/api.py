@@ -1,10 +1,12 @@
 """The HTTP API: ingest of execution results, and WebSocket tokens for logged-in users."""
 
+import functools
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, django_auth
@@ -26,11 +28,27 @@ from executions.tokens import mint_token, user_for_token
 
 logger = logging.getLogger(__name__)
 
+
+def docs_when_enabled(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The API docs and the OpenAPI schema, served only while conf.api_docs_enabled()
+    (EXECUTIONS_API_DOCS, or DEBUG when it is None); 404 otherwise. Decided per request, so
+    a changed setting needs no new URLconf."""
+
+    @functools.wraps(view)
+    def served_when_enabled(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not conf.api_docs_enabled():
+            raise Http404("The API docs are off: set EXECUTIONS_API_DOCS = True to serve them.")
+        return view(request, *args, **kwargs)
+
+    return served_when_enabled
+
+
 api = NinjaAPI(
     title="Executions API",
     version="1.0",
     description="Publish execution results to their graph's WebSocket subscribers.",
     urls_namespace="executions-api",
+    docs_decorator=docs_when_enabled,
 )
 
 

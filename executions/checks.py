@@ -76,3 +76,22 @@ def check_database_vendor(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
             id="executions.E001",
         )
     ]
+
+
+@register(Tags.security)
+def check_metrics_allowed(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    # A malformed setting would make /metrics fail at every scrape: say so at startup.
+    from executions import access
+
+    try:
+        access.parse(conf.get("EXECUTIONS_METRICS_ALLOWED"))
+    except ValueError as exc:
+        return [
+            Error(
+                f"EXECUTIONS_METRICS_ALLOWED: {exc}.",
+                hint='For example {"networks": ["127.0.0.1", "::1", "10.0.0.0/8"], "token": '
+                '"<a long random value>"}; either key may be left out.',
+                id="executions.E003",
+            )
+        ]
+    return []

@@ -47,12 +47,30 @@ DEFAULTS: dict[str, Any] = {
     # Retention: the last N events of each graph, and none older than D days (None: no limit).
     "EXECUTIONS_HISTORY_MAX_EVENTS": 10_000,
     "EXECUTIONS_HISTORY_MAX_AGE_DAYS": 30,
+    # Who may read /metrics: client addresses or CIDR networks, and/or a bearer token
+    # (executions.access). Everyone else gets 403.
+    "EXECUTIONS_METRICS_ALLOWED": {"networks": ["127.0.0.0/8", "::1"], "token": ""},
+    # Serve the API docs and OpenAPI schema (<api>/docs, <api>/openapi.json); None: when DEBUG.
+    "EXECUTIONS_API_DOCS": None,
+    # Serve the dashboard's "Run demo graph" (POST demo/run) with DEBUG off too.
+    "EXECUTIONS_DEMO_ENABLED": False,
 }
 
 
 def get(name: str) -> Any:
     """Return the project's value of an EXECUTIONS_* setting, or its default."""
     return getattr(settings, name, DEFAULTS[name])
+
+
+def api_docs_enabled() -> bool:
+    """EXECUTIONS_API_DOCS, or DEBUG when it is None."""
+    enabled = get("EXECUTIONS_API_DOCS")
+    return bool(settings.DEBUG if enabled is None else enabled)
+
+
+def demo_enabled() -> bool:
+    """The demo runner's button and endpoint: with DEBUG, or EXECUTIONS_DEMO_ENABLED."""
+    return bool(settings.DEBUG or get("EXECUTIONS_DEMO_ENABLED"))
 
 
 @cache

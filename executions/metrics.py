@@ -1,7 +1,14 @@
 """Prometheus metrics of this process, served at /metrics."""
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from executions.access import metrics_allowed
+
+METRICS_REFUSED = (
+    "Metrics are served only to the client addresses and the bearer token that "
+    "EXECUTIONS_METRICS_ALLOWED lists (localhost by default)."
+)
 
 CONNECTIONS = Gauge("executions_connections", "Open, authenticated WebSocket connections.")
 SUBSCRIPTIONS = Gauge("executions_subscriptions", "Graph subscriptions of open connections.")
@@ -42,5 +49,8 @@ PUBLISH_TO_SEND_SECONDS = Histogram(
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Expose this process's metrics in Prometheus' text format."""
+    """Expose this process's metrics in Prometheus' text format, to whom
+    EXECUTIONS_METRICS_ALLOWED lets in (executions.access); 403 for anyone else."""
+    if not metrics_allowed(request):
+        return JsonResponse({"error": METRICS_REFUSED}, status=403)
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -25,6 +25,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET, require_POST
 
+from executions import conf
 from executions.models import Graph
 from executions.schemas import MAX_GRAPH_ID_LENGTH
 
@@ -41,6 +42,10 @@ ASSET_TYPES = {
 DEMO_TASKS: set["asyncio.Task[Any]"] = set()
 # Demo runs of one graph at a time, so a held-down button cannot start hundreds.
 MAX_DEMO_RUNS_PER_GRAPH = 3
+DEMO_DISABLED = (
+    "The demo runner is off on this server: it runs with DEBUG on, or with "
+    "EXECUTIONS_DEMO_ENABLED = True."
+)
 
 
 def _websocket_url(request: HttpRequest, path: str) -> str:
@@ -54,6 +59,11 @@ def _optional_reverse(name: str) -> str | None:
         return reverse(name)
     except NoReverseMatch:
         return None
+
+
+def _api_docs_url(name: str) -> str | None:
+    """A link to the API docs or schema, unless they are off or left out of the URLconf."""
+    return _optional_reverse(name) if conf.api_docs_enabled() else None
 
 
 def index(request: HttpRequest) -> HttpResponse:
@@ -72,8 +82,9 @@ def index(request: HttpRequest) -> HttpResponse:
             "login_url": f"{reverse('executions-login')}?next={here}",
             "ingest_url": reverse("executions-api:ingest"),
             "ws_token_url": reverse("executions-api:ws-token"),
-            "api_docs_url": _optional_reverse("executions-api:openapi-view"),
-            "api_schema_url": _optional_reverse("executions-api:openapi-json"),
+            "api_docs_url": _api_docs_url("executions-api:openapi-view"),
+            "api_schema_url": _api_docs_url("executions-api:openapi-json"),
+            "demo_enabled": conf.demo_enabled(),
             "script_url": asset_url("dashboard.js"),
             "stylesheet_url": asset_url("dashboard.css"),
         },
@@ -163,9 +174,13 @@ def _refusal(status: int, error: str) -> JsonResponse:
 async def run_demo(request: HttpRequest) -> HttpResponseBase:
     """Start the demo runner on one of the user's graphs; answer 202 at once.
 
-    Form field ``graph_id``. 403 when not logged in or not the graph's owner (the CSRF check of
-    the middleware comes first), 429 while that graph already has its share of demo runs going.
+    Form field ``graph_id``. 404 unless the demo runner is on (DEBUG or
+    ``EXECUTIONS_DEMO_ENABLED``: it writes made-up events into the graph's permanent history),
+    403 when not logged in or not the graph's owner (the CSRF check of the middleware comes
+    first), 429 while that graph already has its share of demo runs going.
     """
+    if not conf.demo_enabled():
+        return _refusal(404, DEMO_DISABLED)
     user = await request.auser()
     graph_id = request.POST.get("graph_id", "")
     if not user.is_authenticated:

@@ -122,6 +122,15 @@ except ValueError as exc:
 # The ingest endpoint (POST /api/executions) is refused until this is set.
 EXECUTIONS_INGEST_TOKEN = os.environ.get("EXECUTIONS_INGEST_TOKEN", "")
 
+# Operations endpoints and demo features, closed unless opened (see the README's Security).
+EXECUTIONS_METRICS_ALLOWED = {
+    "networks": _env_list("EXECUTIONS_METRICS_NETWORKS", "127.0.0.0/8,::1"),
+    "token": os.environ.get("EXECUTIONS_METRICS_TOKEN", ""),
+}
+if os.environ.get("EXECUTIONS_API_DOCS", "").strip():
+    EXECUTIONS_API_DOCS = _env_flag("EXECUTIONS_API_DOCS")  # unset: with DEBUG only
+EXECUTIONS_DEMO_ENABLED = _env_flag("EXECUTIONS_DEMO_ENABLED")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -240,7 +240,13 @@ class FakeDemo:
 
 
 @pytest.fixture
-def fake_demo(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDemo]:
+def demo_on(settings: Any) -> None:
+    """The demo runner, on without DEBUG (the tests run with DEBUG off)."""
+    settings.EXECUTIONS_DEMO_ENABLED = True
+
+
+@pytest.fixture
+def fake_demo(monkeypatch: pytest.MonkeyPatch, demo_on: None) -> Iterator[FakeDemo]:
     fake = FakeDemo()
     module = types.ModuleType("executions.demo")
     module.run_demo_graph = fake.run_demo_graph  # type: ignore[attr-defined]
@@ -340,7 +346,7 @@ async def test_demo_runs_per_graph_are_bounded(people: dict[str, Any], fake_demo
 
 
 async def test_demo_answers_503_without_the_demo_runner(
-    people: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    people: dict[str, Any], monkeypatch: pytest.MonkeyPatch, demo_on: None
 ) -> None:
     monkeypatch.setitem(sys.modules, "executions.demo", None)  # import raises ImportError
     client, token = await csrf_client(people["alice"])
@@ -350,3 +356,63 @@ async def test_demo_answers_503_without_the_demo_runner(
     )
 
     assert response.status_code == 503
+
+
+# --- the demo runner is off in production -------------------------------------------------
+
+
+@pytest.fixture
+def demo_off(settings: Any, monkeypatch: pytest.MonkeyPatch) -> FakeDemo:
+    """DEBUG off and no EXECUTIONS_DEMO_ENABLED: production. The runner would be found."""
+    settings.DEBUG = False
+    settings.EXECUTIONS_DEMO_ENABLED = False
+    fake = FakeDemo()
+    module = types.ModuleType("executions.demo")
+    module.run_demo_graph = fake.run_demo_graph  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "executions.demo", module)
+    return fake
+
+
+async def test_demo_is_off_in_production_with_a_clear_message(
+    people: dict[str, Any], demo_off: FakeDemo
+) -> None:
+    client, token = await csrf_client(people["alice"])
+
+    response = await client.post(
+        "/demo/run", {"graph_id": "alice-graph"}, headers={"X-CSRFToken": token}
+    )
+
+    assert response.status_code == 404
+    assert response.json() == {"error": views.DEMO_DISABLED}
+    assert "EXECUTIONS_DEMO_ENABLED" in views.DEMO_DISABLED
+    await asyncio.sleep(0)
+    assert demo_off.calls == []
+    assert not views.DEMO_TASKS
+
+
+def test_the_page_has_no_demo_button_in_production(
+    people: dict[str, Any], demo_off: FakeDemo
+) -> None:
+    client = Client()
+    client.force_login(people["alice"])
+
+    html = client.get("/").content.decode()
+
+    assert 'data-graph-id="alice-graph"' in html  # the dashboard itself is there
+    assert "Run demo graph" not in html
+    assert 'id="demo-form"' not in html
+    assert "/demo/run" not in html
+
+
+@pytest.mark.parametrize("switch", ["DEBUG", "EXECUTIONS_DEMO_ENABLED"])
+def test_debug_or_the_setting_turns_the_demo_button_on(
+    people: dict[str, Any], demo_off: FakeDemo, settings: Any, switch: str
+) -> None:
+    setattr(settings, switch, True)
+    client = Client()
+    client.force_login(people["alice"])
+
+    html = client.get("/").content.decode()
+
+    assert "Run demo graph" in html
+    assert 'action="/demo/run"' in html

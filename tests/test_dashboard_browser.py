@@ -108,7 +108,9 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def server(site: Site, log_dir: Path) -> Iterator[DaphneServer]:
-    with DaphneServer(site.env, log_dir, "dashboard") as daphne:
+    # DEBUG stays off; the demo runner's button is opted into, as a production site would.
+    env = {**site.env, "EXECUTIONS_DEMO_ENABLED": "1"}
+    with DaphneServer(env, log_dir, "dashboard") as daphne:
         yield daphne
 
 

@@ -24,6 +24,7 @@ INGEST_TOKEN = "ingest-token-for-the-mounting-tests-0123456789"
 def live_site(settings: Any) -> None:
     settings.ROOT_URLCONF = "tests.urlconfs.live"
     settings.EXECUTIONS_INGEST_TOKEN = INGEST_TOKEN
+    settings.EXECUTIONS_API_DOCS = True  # their links follow the prefix too
 
 
 @pytest.fixture

@@ -151,7 +151,9 @@
     const empty = el(
       "p",
       "empty",
-      "No executions yet. Press \u201cRun demo graph\u201d, or publish results for this graph to POST " +
+      "No executions yet. " +
+        (demoForm ? "Press \u201cRun demo graph\u201d, or publish" : "Publish") +
+        " results for this graph to POST " +
         (root.dataset.ingestUrl || "the ingest endpoint") + "."
     );
     const list = el("div", "execution-list");
@@ -583,9 +585,12 @@
     }
     for (const other of graphs.values()) other.el.hidden = other !== state;
     panelHeading.textContent = "Executions of " + state.label;
-    panelActions.hidden = false;
-    demoForm.elements.graph_id.value = graphId;
-    demoStatus.textContent = "";
+    if (demoForm) {
+      // The demo runner's button is on the page only where the server runs demos.
+      panelActions.hidden = false;
+      demoForm.elements.graph_id.value = graphId;
+      demoStatus.textContent = "";
+    }
     noticeEl.textContent = state.notice;
     noticeEl.hidden = !state.notice;
     if (options.focus) panelHeading.focus();
@@ -630,7 +635,7 @@
     return field ? field.value : "";
   }
 
-  demoForm.addEventListener("submit", async function (event) {
+  if (demoForm) demoForm.addEventListener("submit", async function (event) {
     event.preventDefault();
     if (!current) return;
     const button = demoForm.querySelector("button[type=submit]");
