@@ -37,6 +37,10 @@ def server_settings() -> ServerSettings:
 
 def install_server_hooks() -> None:
     """Install the process-wide hooks of the server that is serving, if one is supported."""
+    if uvicorn.serving():
+        # Adapters on or off, tested version or not: tokens stay out of uvicorn's logs (the
+        # filter reads none of uvicorn's internals).
+        uvicorn.redact_tokens_in_logs()
     if not _enabled():
         return
     for adapter in ADAPTERS:

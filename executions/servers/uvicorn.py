@@ -3,13 +3,23 @@ control, and frames written straight to its transport.
 
 uvicorn sends 1012 to every WebSocket at shutdown by itself. Everything here reads attributes of
 uvicorn's ``WebSocketsSansIOProtocol`` and of the ``websockets`` connection inside it, so it
-engages only for the versions in TESTED (the others get the plain ASGI send).
+engages only for the versions in TESTED (the others get the plain ASGI send); except the log
+filter, which reads no internals and is installed whatever the version (install_server_hooks).
+
+uvicorn logs each WebSocket handshake with its path and query string (``"WebSocket
+/ws?token=..." [accepted]`` on ``uvicorn.error``) and each HTTP request likewise on
+``uvicorn.access``: the filter replaces the value of every ``token`` query parameter in those
+records with ``[redacted]`` and leaves the rest of the line as it was.
 """
 
 import asyncio
+import logging
+import re
 import sys
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
+from urllib.parse import unquote_plus
 
 from executions.outbox import wire_text_frame
 from executions.servers.base import (
@@ -36,7 +46,59 @@ def supported() -> bool:
 
 
 def install(settings: ServerSettings) -> None:
-    """Nothing process-wide: uvicorn's settings are applied per connection."""
+    """Keep tokens out of uvicorn's logs; its settings are applied per connection."""
+    redact_tokens_in_logs()
+
+
+# --- tokens out of the logs -----------------------------------------------------------------
+
+LOGGERS = ("uvicorn.access", "uvicorn.error")
+REDACTED = "[redacted]"
+# One query parameter, after "?" or "&": its name (percent-encoded or not) and its value, which
+# ends at the next parameter, a fragment, a space or a quote (uvicorn writes " as %22).
+_PARAMETER = re.compile(r"(?P<start>[?&](?P<name>[^=&#\s\"?]*)=)(?P<value>[^&#\s\"]*)")
+
+
+def redact_query_tokens(text: str) -> str:
+    """`text` with the value of each ``token`` query parameter replaced by ``[redacted]``."""
+    if "=" not in text:
+        return text
+
+    def redact(match: re.Match[str]) -> str:
+        if match["value"] and unquote_plus(match["name"]) == "token":
+            return match["start"] + REDACTED
+        return match[0]
+
+    return _PARAMETER.sub(redact, text)
+
+
+def _redacted(value: object) -> object:
+    return redact_query_tokens(value) if isinstance(value, str) else value
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites a record's message and arguments so that no token is formatted from them.
+
+    The arguments keep their number and order: uvicorn's access formatter unpacks them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_query_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redacted(arg) for arg in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {key: _redacted(arg) for key, arg in record.args.items()}
+        return True
+
+
+_REDACT_TOKENS = RedactTokens()
+
+
+def redact_tokens_in_logs() -> None:
+    """Install the filter on uvicorn's two loggers (once, however often this is called)."""
+    for name in LOGGERS:
+        logging.getLogger(name).addFilter(_REDACT_TOKENS)
 
 
 def connection_hooks(send: Any, settings: ServerSettings) -> ConnectionHooks | None:
