@@ -1,6 +1,7 @@
 """Settings of the demo project; the only module that reads the environment."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -34,6 +35,22 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 
+# Production behind a TLS-terminating proxy: DJANGO_SECURE=1 turns on everything that
+# `manage.py check --deploy` asks of an HTTPS site. The proxy must set X-Forwarded-Proto (and
+# strip it from what clients send); without it every request looks like plain HTTP.
+SECURE = _env_flag("DJANGO_SECURE")
+if SECURE:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    # Load balancers and Prometheus probe these over plain HTTP, inside the network: a redirect
+    # would fail their checks. (SECURE_REDIRECT_EXEMPT matches the path without its first /.)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -44,6 +61,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "ninja",
+    "axes",
     "executions",
 ]
 
@@ -55,7 +73,28 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a lockout into its answer (429 and the message below).
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Password guessing, on /login/ and /admin/login/ alike: django-axes counts failed logins per
+# user and client address, and after AXES_FAILURE_LIMIT of them refuses that user from that
+# address, even with the right password, for AXES_COOLOFF_TIME. Another user, or the same
+# user from elsewhere, is not affected. The address is the one the server reports
+# (REMOTE_ADDR): behind a proxy, see the README's "The production environment".
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_LOCKOUT_MINUTES = 15
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_COOLOFF_MESSAGE = (
+    "Too many failed login attempts: this account is locked from your address for "
+    f"{LOGIN_LOCKOUT_MINUTES} minutes. Try again later."
+)
 
 ROOT_URLCONF = "project.urls"
 

@@ -165,3 +165,102 @@ def test_quickstart_creates_a_demo_user_with_a_random_password_once(
     assert demo.check_password(password)
     assert password not in second.getvalue()
     assert Graph.objects.get(pk="demo").owner == demo
+
+
+# --- production ---------------------------------------------------------------------------
+
+PRODUCTION_MARKER = "<!-- production-environment"
+
+
+def documented_production_environment() -> dict[str, str]:
+    """The README's production environment, with a fresh random value for each `<...>`."""
+    import secrets
+
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(PRODUCTION_MARKER))
+    assert lines[start + 1].startswith("```"), "the marker must sit right above the block"
+    env: dict[str, str] = {}
+    for line in lines[start + 2 :]:
+        if line.startswith("```"):
+            break
+        name, _, value = line.partition("=")
+        if value.startswith("<") and value.endswith(">"):
+            value = secrets.token_urlsafe(50)
+        env[name] = value
+    return env
+
+
+def test_the_documented_production_environment_passes_the_deploy_checks() -> None:
+    env = documented_production_environment()
+    assert set(env) >= {
+        "DJANGO_SECRET_KEY",
+        "DJANGO_SECURE",
+        "DJANGO_ALLOWED_HOSTS",
+        "REDIS_URL",
+        "EXECUTIONS_INGEST_TOKEN",
+    }
+
+    completed = manage("check", "--deploy", "--fail-level", "WARNING", **env)
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "System check identified no issues (0 silenced)." in completed.stdout
+
+
+def test_without_django_secure_the_deploy_checks_ask_for_it() -> None:
+    env = documented_production_environment()
+    del env["DJANGO_SECURE"]
+
+    completed = manage("check", "--deploy", "--fail-level", "WARNING", **env)
+
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0
+    for warning in ("W004", "W008", "W012", "W016"):  # HSTS, redirect, the two cookies
+        assert f"security.{warning}" in output
+
+
+def test_django_secure_turns_on_the_https_settings() -> None:
+    script = (
+        "from django.conf import settings as s; import json; print(json.dumps(["
+        "s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_SSL_REDIRECT, "
+        "s.SECURE_HSTS_SECONDS, s.SECURE_HSTS_INCLUDE_SUBDOMAINS, s.SECURE_HSTS_PRELOAD, "
+        "s.SECURE_PROXY_SSL_HEADER]))"
+    )
+    secret = "a-long-random-production-secret-" + "x" * 40
+
+    on = manage("shell", "--no-imports", "-c", script, DJANGO_SECRET_KEY=secret, DJANGO_SECURE="1")
+    off = manage("shell", "--no-imports", "-c", script, DJANGO_SECRET_KEY=secret)
+
+    assert on.returncode == 0, on.stderr
+    assert json.loads(on.stdout) == [
+        True,
+        True,
+        True,
+        365 * 24 * 3600,
+        True,
+        True,
+        ["HTTP_X_FORWARDED_PROTO", "https"],
+    ]
+    assert json.loads(off.stdout) == [False, False, False, 0, False, False, None]
+
+
+def test_behind_the_proxy_https_is_served_and_plain_http_redirected_but_the_probes() -> None:
+    script = (
+        "from django.test import Client; c = Client(); https = {'X-Forwarded-Proto': 'https'}; "
+        "print(c.get('/').status_code, c.get('/', headers=https).status_code, "
+        "c.get('/healthz').status_code, c.get('/readyz').status_code, "
+        "c.get('/metrics').status_code)"
+    )
+
+    completed = manage(
+        "shell",
+        "--no-imports",
+        "-c",
+        script,
+        DJANGO_SECRET_KEY="a-long-random-production-secret-" + "x" * 40,
+        DJANGO_SECURE="1",
+        DJANGO_ALLOWED_HOSTS="testserver",
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    # / redirects over plain HTTP and is served over the proxy's HTTPS; the probes never move.
+    assert completed.stdout.split() == ["301", "200", "200", "200", "200"]
