@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-# The first interpreter on PATH that is Python 3.12 or newer (Django 6.1 needs it).
-PYTHON ?= $(shell for candidate in python3.14 python3.13 python3.12 python3 python; do \
+# Python 3.12, the version `make test` is the reference run on (`make matrix` adds 3.13), else
+# the first interpreter on PATH that is Python 3.12 or newer (Django 6.0 and 6.1 need it).
+PYTHON ?= $(shell for candidate in python3.12 python3.13 python3.14 python3 python; do \
 	if $$candidate -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then \
 	echo $$candidate; break; fi; done)
 
@@ -14,11 +15,12 @@ PYTHON ?= $(shell for candidate in python3.14 python3.13 python3.12 python3 pyth
 # ingest token made up for this run unless one is given.
 RUN_INGEST_TOKEN := $(or $(EXECUTIONS_INGEST_TOKEN),$(shell head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'))
 
-.PHONY: help install run test lint format bench bench-layers clean
+.PHONY: help install run test matrix lint format bench bench-layers clean
 
 help:
 	@echo "make run    set up and serve on http://$(HOST):$(PORT) (SQLite, in-memory layer)"
 	@echo "make test   set up and run lint, type checks and the test suite"
+	@echo "make matrix the suite on the other supported Python and Django versions (nox)"
 	@echo "make bench  run the benchmarks against the FastAPI and websockets baselines"
 
 $(BIN)/.installed: pyproject.toml
@@ -60,6 +62,11 @@ test: lint
 	elif [ -n "$$CI" ]; then echo "PostgreSQL does not answer at $(POSTGRES_TEST_URL)." >&2; exit 1; \
 	else echo "PostgreSQL does not answer at $(POSTGRES_TEST_URL): its run is skipped."; fi
 
+# The suite on the five other combinations of Python 3.12 and 3.13 with Django 5.2, 6.0 and
+# 6.1, less the tests noxfile.py leaves out (and says why); virtualenvs kept in .nox/.
+matrix: install
+	$(BIN)/nox -t matrix
+
 $(BIN)/.bench-installed: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	@touch $@
@@ -71,4 +78,4 @@ bench-layers: install
 	$(BIN)/python bench/layer_choice.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache .hypothesis
