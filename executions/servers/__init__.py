@@ -37,10 +37,11 @@ def server_settings() -> ServerSettings:
 
 def install_server_hooks() -> None:
     """Install the process-wide hooks of the server that is serving, if one is supported."""
+    # Adapters on or off, tested version or not: tokens stay out of the servers' logs.
     if uvicorn.serving():
-        # Adapters on or off, tested version or not: tokens stay out of uvicorn's logs (the
-        # filter reads none of uvicorn's internals).
         uvicorn.redact_tokens_in_logs()
+    if daphne.serving():
+        daphne.redact_tokens_in_logs()
     if not _enabled():
         return
     for adapter in ADAPTERS:

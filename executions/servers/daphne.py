@@ -43,6 +43,7 @@ from executions.servers.base import (
     innermost_send,
     within_tested_versions,
 )
+from executions.servers.logs import redact_query_tokens
 
 TESTED = {
     "daphne": ((4, 2), (4, 3)),
@@ -80,6 +81,32 @@ def install(settings: ServerSettings) -> None:
         _clamp_websocket_options()
         _bounded_requests_without_form_parsing()
         _say_restart_at_shutdown()
+
+
+_REDACTING = False
+
+
+def redact_tokens_in_logs() -> None:
+    """Have daphne's access log show ``?token=[redacted]`` (once, however often called).
+
+    daphne writes HTTP requests with their query strings through ``Server.log_action``; this
+    wraps that one method, whose signature has held since daphne 2, so it is installed
+    whatever the adapter's state (install_server_hooks).
+    """
+    global _REDACTING
+    from daphne.server import Server
+
+    if _REDACTING or not callable(getattr(Server, "log_action", None)):
+        return
+    original = Server.log_action
+
+    def log_action(self: Any, protocol: str, action: str, details: dict[str, Any]) -> Any:
+        if isinstance(details.get("path"), str):
+            details = {**details, "path": redact_query_tokens(details["path"])}
+        return original(self, protocol, action, details)
+
+    Server.log_action = log_action
+    _REDACTING = True
 
 
 def connection_hooks(send: Any, settings: ServerSettings) -> ConnectionHooks | None:

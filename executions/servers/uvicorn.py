@@ -14,12 +14,10 @@ records with ``[redacted]`` and leaves the rest of the line as it was.
 
 import asyncio
 import logging
-import re
 import sys
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
-from urllib.parse import unquote_plus
 
 from executions.outbox import wire_text_frame
 from executions.servers.base import (
@@ -28,6 +26,7 @@ from executions.servers.base import (
     innermost_send,
     within_tested_versions,
 )
+from executions.servers.logs import redact_query_tokens, redacted
 
 TESTED = {
     "uvicorn": ((0, 55), (0, 56)),
@@ -53,27 +52,6 @@ def install(settings: ServerSettings) -> None:
 # --- tokens out of the logs -----------------------------------------------------------------
 
 LOGGERS = ("uvicorn.access", "uvicorn.error")
-REDACTED = "[redacted]"
-# One query parameter, after "?" or "&": its name (percent-encoded or not) and its value, which
-# ends at the next parameter, a fragment, a space or a quote (uvicorn writes " as %22).
-_PARAMETER = re.compile(r"(?P<start>[?&](?P<name>[^=&#\s\"?]*)=)(?P<value>[^&#\s\"]*)")
-
-
-def redact_query_tokens(text: str) -> str:
-    """`text` with the value of each ``token`` query parameter replaced by ``[redacted]``."""
-    if "=" not in text:
-        return text
-
-    def redact(match: re.Match[str]) -> str:
-        if match["value"] and unquote_plus(match["name"]) == "token":
-            return match["start"] + REDACTED
-        return match[0]
-
-    return _PARAMETER.sub(redact, text)
-
-
-def _redacted(value: object) -> object:
-    return redact_query_tokens(value) if isinstance(value, str) else value
 
 
 class RedactTokens(logging.Filter):
@@ -86,9 +64,9 @@ class RedactTokens(logging.Filter):
         if isinstance(record.msg, str):
             record.msg = redact_query_tokens(record.msg)
         if isinstance(record.args, tuple):
-            record.args = tuple(_redacted(arg) for arg in record.args)
+            record.args = tuple(redacted(arg) for arg in record.args)
         elif isinstance(record.args, Mapping):
-            record.args = {key: _redacted(arg) for key, arg in record.args.items()}
+            record.args = {key: redacted(arg) for key, arg in record.args.items()}
         return True
 
 
