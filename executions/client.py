@@ -43,8 +43,10 @@ protocol-level pings.)
 Errors, all subclasses of ``ClientError``:
 
 - ``AuthenticationFailed``: the server closed with 4001; ``reason`` is the server's own
-  (``Missing authentication token``, ``Invalid token``, ``Token expired``). Never retried: pass
-  ``token`` as a callable to mint a fresh token for each connection attempt.
+  (``Missing authentication token``, ``Invalid token``, ``Token expired``, or why access was
+  revoked while connected). Not retried, except one case: with ``token`` a callable (sync or
+  async), which mints a fresh token for each connection attempt, a connection closed because
+  its token expired reconnects with a new one and resumes every subscription with ``since``.
 - ``SubscriptionRefused``: the user may not see the graph; raised by that subscription's
   iterator, the connection and the other subscriptions go on.
 - ``ProtocolError``: the server answered one of our requests with an error frame (raised by that
@@ -671,6 +673,9 @@ class ExecutionStream:
         code = _close_code(closed)
         reason = (closed.rcvd.reason if closed.rcvd is not None else "") or hint or ""
         if code == CloseCode.UNAUTHENTICATED:
+            if reason == ErrorText.TOKEN_EXPIRED and callable(self._token):
+                # The token source mints a fresh one for the next attempt, which resumes.
+                return None
             return AuthenticationFailed(reason or "refused by the server", code)
         if code in _FATAL_CLOSE_CODES:
             return ProtocolError(reason or "connection closed by the server", code=code)

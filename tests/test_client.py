@@ -249,6 +249,31 @@ async def test_reconnects_and_resumes_across_a_killed_and_a_restarted_server(
     assert states[-1] == ConnectionState.CLOSED
 
 
+async def test_a_token_source_replaces_an_expired_token_and_the_stream_resumes(
+    server: DaphneServer, people: People
+) -> None:
+    graph_id = people.graphs[5]
+    minted: list[str] = []
+
+    async def fresh_token() -> str:
+        # A 2-second token each time, as a service minting through its own credentials would.
+        token = await asyncio.to_thread(people.site.token_for, "alice", 2, False)
+        minted.append(token)
+        return token
+
+    async with connect(server.ws_url, token=fresh_token, reconnect=FAST_RECONNECT) as stream:
+        subscription = stream.subscribe(graph_id, since=0)
+        await publish(server, graph_id, range(2))
+        received = await take(subscription, 2)
+        await eventually(lambda: stream.reconnects >= 1, seconds=8)  # the first token expired
+        await publish(server, graph_id, range(2, 4))
+        received += await take(subscription, 2)
+
+    assert [position for position, _ in received] == [1, 2, 3, 4]
+    assert len(minted) >= 2
+    assert len(set(minted)) == len(minted)
+
+
 @pytest.mark.parametrize(
     ("token", "reason"),
     [("not-a-token", "Invalid token"), (None, "Missing authentication token")],
