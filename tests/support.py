@@ -3,6 +3,7 @@
 import os
 import socket
 from functools import cache
+from typing import Any
 
 import django
 import pytest
@@ -84,3 +85,43 @@ async def _group_members(layer: object) -> dict[str, int]:
         counts = {key.decode(): await connection.zcard(key) for key in keys}
         return {key: count for key, count in counts.items() if count}
     raise TypeError(f"unknown layer {type(layer).__name__}")
+
+
+def http_scope(
+    path: str,
+    headers: dict[str, str],
+    method: str = "POST",
+    client: str = "127.0.0.1",
+) -> dict[str, Any]:
+    """An HTTP scope as daphne and uvicorn hand it to the application."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": (client, 5000),
+        "server": ("testserver", 80),
+    }
+
+
+async def close_frame(client: Any, seconds: float = 5.0) -> Any:
+    """Read a `websockets` client until the server closes; the close frame it sent."""
+    import asyncio
+
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                await client.recv()
+    except ConnectionClosed as closed:
+        received = closed.rcvd
+    if received is None:
+        pytest.fail("the server sent no close frame")
+    return received

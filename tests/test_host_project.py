@@ -41,12 +41,11 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import Close
 
 import executions
 from executions.schemas import ExecutionResult, execution_event_frame
 from tests.servers import REPO_ROOT, DaphneServer
+from tests.support import close_frame
 
 # The first run downloads setuptools and the dependencies into pip's cache; later runs are fast.
 pytestmark = pytest.mark.timeout(900)
@@ -456,19 +455,6 @@ async def receive(client: ClientConnection) -> str:
         frame = await client.recv()
     assert isinstance(frame, str), frame
     return frame
-
-
-async def close_frame(client: ClientConnection) -> Close:
-    """Read until the server closes; the close frame it sent."""
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                await client.recv()
-    except ConnectionClosed as closed:
-        received = closed.rcvd
-    if received is None:
-        pytest.fail("the server sent no close frame")
-    return received
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ from django.test import AsyncClient, Client
 
 from executions.schemas import ExecutionResult, execution_event_frame
 from tests.conftest import make_result, subscribe
+from tests.support import http_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,21 +40,7 @@ async def post_through_asgi(data: str, headers: dict[str, str]) -> Answer:
     """POST to the ASGI application itself: the path daphne and uvicorn serve."""
     from project.asgi import application
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/executions",
-        "raw_path": b"/api/executions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json")]
-        + [(key.lower().encode(), value.encode()) for key, value in headers.items()],
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope("/api/executions", {"Content-Type": "application/json", **headers})
     communicator = ApplicationCommunicator(application, scope)
     await communicator.send_input({"type": "http.request", "body": data.encode()})
     start = await communicator.receive_output(timeout=5)

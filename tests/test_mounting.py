@@ -13,6 +13,7 @@ from django.test import Client
 
 from executions.schemas import execution_event_frame
 from tests.conftest import browser_headers, make_result
+from tests.support import http_scope
 from tests.test_ingest_api import Answer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,23 +38,10 @@ async def post_to(application: Any, path: str, body: Any) -> Answer:
     """POST JSON with the ingest token straight to the ASGI application."""
     from asgiref.testing import ApplicationCommunicator
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"authorization", f"Bearer {INGEST_TOKEN}".encode()),
-        ],
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(
+        path,
+        {"Content-Type": "application/json", "Authorization": f"Bearer {INGEST_TOKEN}"},
+    )
     communicator = ApplicationCommunicator(application, scope)
     await communicator.send_input({"type": "http.request", "body": json.dumps(body).encode()})
     start = await communicator.receive_output(timeout=5)

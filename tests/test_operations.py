@@ -7,7 +7,7 @@ from django.test import AsyncClient, Client
 
 from executions.checks import check_metrics_allowed
 from executions.layers import channel_layer_config
-from tests.support import free_port
+from tests.support import free_port, http_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -119,20 +119,7 @@ async def test_the_client_address_is_the_one_the_server_reports(application: Any
     from asgiref.testing import ApplicationCommunicator
 
     async def status_for(client: str) -> int:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/metrics",
-            "raw_path": b"/metrics",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"localhost")],
-            "client": (client, 40000),
-            "server": ("localhost", 80),
-        }
+        scope = http_scope("/metrics", {"Host": "localhost"}, method="GET", client=client)
         communicator = ApplicationCommunicator(application, scope)
         await communicator.send_input({"type": "http.request", "body": b""})
         start = await communicator.receive_output(timeout=5)

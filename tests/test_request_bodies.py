@@ -37,6 +37,7 @@ from tests.servers import (
     prepare_site,
     request_json,
 )
+from tests.support import http_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,23 +48,6 @@ TIMEOUT = 5.0
 
 
 # --- in process: the ASGI application ----------------------------------------------------
-
-
-def http_scope(path: str, headers: dict[str, str], method: str = "POST") -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
 
 
 async def answer_of(communicator: ApplicationCommunicator) -> tuple[int, dict[str, str], bytes]:

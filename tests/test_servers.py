@@ -22,7 +22,7 @@ from executions.servers import daphne, uvicorn
 from executions.servers.base import within_tested_versions
 from tests.conftest import make_result
 from tests.servers import DaphneServer, Site, UvicornServer, post_executions, prepare_site
-from tests.test_uvicorn import close_frame
+from tests.support import close_frame
 
 GRAPH = f"plain-{uuid.uuid4().hex[:10]}"
 TIMEOUT = 5.0

@@ -8,29 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import Close
+from websockets.asyncio.client import connect
 
 from executions.schemas import ExecutionResult, execution_event_frame
 from tests.conftest import make_result
 from tests.servers import Site, UvicornServer, post_executions, prepare_site
+from tests.support import close_frame
 
 GRAPH = f"uvicorn-{uuid.uuid4().hex[:10]}"
 TIMEOUT = 5.0
-
-
-async def close_frame(client: ClientConnection) -> Close:
-    """Read until the server closes; the close frame it sent."""
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                await client.recv()
-    except ConnectionClosed as closed:
-        received = closed.rcvd
-    if received is None:
-        pytest.fail("the server sent no close frame")
-    return received
 
 
 @pytest.fixture(scope="module")
