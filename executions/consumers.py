@@ -89,6 +89,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         self._credential = None
         self._revoked: str | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_check: asyncio.Future[None] | None = None
         try:
             await self._serve(receive)
         except StopConsumer:
@@ -181,13 +182,16 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     async def _release(self, code: int | None = None) -> None:
         """Give back what this connection holds; safe to call more than once."""
-        await self._drop_subscriptions()
-        await self._stop_following_revocations()
-        if self._counted_user is not None:
-            open_connections.release(self._counted_user)
-            metrics.CONNECTIONS.dec()
-            self._log("websocket.disconnect", code=code)
-            self._counted_user = None
+        try:
+            await self._drop_subscriptions()
+            await self._stop_following_revocations()
+        finally:
+            # Even when the layer failed to let go: the connection slot is this process's own.
+            if self._counted_user is not None:
+                open_connections.release(self._counted_user)
+                metrics.CONNECTIONS.dec()
+                self._log("websocket.disconnect", code=code)
+                self._counted_user = None
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self._messages.take():
@@ -255,7 +259,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         position = await database_sync_to_async(history.position)(graph_id)
         if not request.numbered:
             self.subscriptions.setdefault(graph_id, Subscription(False, position.head))
-            await self.send(text_data=ack_frame(Methods.SUBSCRIBE, graph_id))
+            await self._acknowledge(ack_frame(Methods.SUBSCRIBE, graph_id))
             return
         self.subscriptions[graph_id] = await self._catch_up(request, position)
 
@@ -287,7 +291,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         graph_id = request.graph_id
         truncated = request.since is not None and position.is_truncated_after(request.since)
         ack = ack_frame(Methods.SUBSCRIBE, graph_id, position.describe(truncated))
-        await self.send(text_data=ack)
+        await self._acknowledge(ack)
         subscription = Subscription(numbered=True, delivered=0)
         if request.since is not None:
             await self._replay(
@@ -316,6 +320,8 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             await self._send_event(subscription, event.seq, event.frame)
 
     async def _send_event(self, subscription: Subscription, seq: int, frame: str) -> None:
+        if self._revoked is not None:
+            return  # nothing more of any graph once the authentication has ended
         if not self._write_directly(subscription, seq, frame):
             text = numbered_frame(frame, seq) if subscription.numbered else frame
             await self._server_send({"type": "websocket.send", "text": text})
@@ -356,11 +362,16 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         """During a replay: wait for the transport to drain; False once the client is too slow."""
         pressure = self._pressure
         while pressure is not None and not pressure.writable.is_set():
-            if self.backlog.overflowed or self._closing:
+            if self.backlog.overflowed or self._closing or self._revoked is not None:
                 return False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pressure.writable.wait(), STALL_POLL_SECONDS)
-        return not self._closing
+        return not self._closing and self._revoked is None
+
+    async def _acknowledge(self, ack: str) -> None:
+        # A subscribe that outlived the connection's authentication gets no answer but the close.
+        if self._revoked is None:
+            await self.send(text_data=ack)
 
     def revoke(self, reason: str) -> None:
         """The connection lost its authentication: close with 4001 and `reason`, sending nothing
@@ -380,15 +391,44 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         if refusal is not None:
             self.revoke(refusal)
             return
-        if credential.expires_at is not None:
-            reason = ErrorText.SESSION_ENDED if credential.session_key else ErrorText.TOKEN_EXPIRED
-            delay = max(0.0, credential.expires_at - time.time())
-            self._expiry = asyncio.get_running_loop().call_later(delay, self.revoke, reason)
+        self._arm_expiry(credential.expires_at)
+
+    def _arm_expiry(self, expires_at: float | None) -> None:
+        if expires_at is not None:
+            delay = max(0.0, expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        credential = self._credential
+        if credential is None:
+            return
+        if credential.session_key is None:
+            self.revoke(ErrorText.TOKEN_EXPIRED)
+            return
+        # A session's end moves when the session is saved again: look before closing.
+        self._expiry_check = asyncio.ensure_future(self._check_session_end())
+
+    async def _check_session_end(self) -> None:
+        try:
+            refusal = await database_sync_to_async(revocation.refusal_now)(self.scope)
+        except Exception:
+            # The database did not answer: end the connection rather than outlive the session.
+            logger.exception("checking whether a session has ended failed")
+            refusal = ErrorText.SESSION_ENDED
+        if refusal is not None:
+            self.revoke(refusal)
+            return
+        credential = await database_sync_to_async(revocation.credential_of)(self.scope)
+        if credential.expires_at is not None and credential.expires_at > time.time():
+            self._arm_expiry(credential.expires_at)
 
     async def _stop_following_revocations(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self._expiry_check is not None:
+            self._expiry_check.cancel()
+            self._expiry_check = None
         if self._credential is not None:
             await local_fanout(self.channel_layer).untrack(self, self._credential)
             self._credential = None

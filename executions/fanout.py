@@ -94,7 +94,7 @@ class LocalFanout:
             if members:
                 return
             del self.members[graph_id]
-            await membership.leave(self.layer, graph_group_name(graph_id), await self._channel())
+            await self._leave(graph_group_name(graph_id))
             self._stop_when_idle()
 
     async def track(self, connection: Revocable, credential: Credential) -> None:
@@ -113,8 +113,16 @@ class LocalFanout:
             if not of_user:
                 del self.connections[credential.user_key]
             if not self.connections:
-                await membership.leave(self.layer, REVOCATIONS_GROUP, await self._channel())
+                await self._leave(REVOCATIONS_GROUP)
             self._stop_when_idle()
+
+    async def _leave(self, group: str) -> None:
+        """Leave a group; a layer that fails to let go only costs it messages nobody reads."""
+        try:
+            await membership.leave(self.layer, group, await self._channel())
+        except Exception:
+            metrics.LAYER_FAILURES.labels("group_discard").inc()
+            logger.warning("leaving %s failed", group, exc_info=True)
 
     def revoke(self, event: dict[str, Any]) -> None:
         """Close every local connection a revocation applies to."""

@@ -118,11 +118,19 @@ def _failed(event: dict[str, Any], error: BaseException) -> None:
 # --- what takes access away ------------------------------------------------------------------
 
 _REMEMBERED = "_executions_access"
+_UNKNOWN = object()
+
+
+def _loaded(instance: AbstractBaseUser) -> tuple[object, object]:
+    # From the instance's __dict__ only: reading a deferred field (.only(), .defer()) would load
+    # it with refresh_from_db, whose new instance's post_init would read it again, and so on.
+    fields = instance.__dict__
+    return fields.get("password", _UNKNOWN), fields.get("is_active", _UNKNOWN)
 
 
 def _remember_access(sender: Any, instance: AbstractBaseUser, **kwargs: Any) -> None:
     # What the row held when loaded, to tell on save what changed (no extra query).
-    instance.__dict__[_REMEMBERED] = (instance.password, instance.is_active)
+    instance.__dict__[_REMEMBERED] = _loaded(instance)
 
 
 def _access_changed(sender: Any, instance: AbstractBaseUser, created: bool, **kwargs: Any) -> None:
@@ -130,10 +138,11 @@ def _access_changed(sender: Any, instance: AbstractBaseUser, created: bool, **kw
     _remember_access(sender, instance)
     if created or before is None:
         return
-    password, active = before
-    if active and not instance.is_active:
+    (password_before, active_before), (password, active) = before, _loaded(instance)
+    # A field not loaded on either side is not compared: the next subscribe checks it.
+    if active_before is True and active is False:
         announce(str(instance.pk), ErrorText.USER_DEACTIVATED)
-    elif password != instance.password:
+    elif _UNKNOWN not in (password_before, password) and password_before != password:
         announce(str(instance.pk), ErrorText.PASSWORD_CHANGED)
 
 
@@ -189,13 +198,24 @@ def _session_expiry(session: Any) -> float | None:
 
 
 def refusal_now(scope: dict[str, Any]) -> str | None:
-    """Why the connection's user or credential no longer stands, or None. Runs queries."""
+    """Why the connection's user or credential no longer stands, or None. Runs queries.
+
+    When they stand, the user read now replaces the scope's, so that the subscribe policy sees
+    the user as they are (staff, groups, permissions), not as they were at the handshake.
+    """
     user_model = get_user_model()
     user = user_model._default_manager.filter(pk=scope["user"].pk).first()
     if user is None:
         return ErrorText.USER_DELETED
     if not user.is_active:
         return ErrorText.USER_DEACTIVATED
+    refusal = _credential_refusal(scope, user)
+    if refusal is None:
+        scope["user"] = user
+    return refusal
+
+
+def _credential_refusal(scope: dict[str, Any], user: AbstractBaseUser) -> str | None:
     token: VerifiedToken | None = scope.get(TOKEN_KEY)
     if token is not None:
         if token.expires_at <= time.time():

@@ -187,3 +187,56 @@ async def test_nothing_of_a_closed_connection_stays_in_the_layer(
     async with asyncio.timeout(5):
         while await group_members(channel_layer):  # noqa: ASYNC110 (the layer's own table)
             await asyncio.sleep(0.05)
+
+
+async def test_a_replay_stops_when_the_connection_is_revoked(
+    connect: Any, alice: Any, alice_token: str, channel_layer: Any
+) -> None:
+    from executions import history
+    from tests.conftest import make_result
+
+    stored = 5000
+    results = [make_result(node_exec_id=f"replayed-{n}") for n in range(stored)]
+    await sync_to_async(history.record)(results)
+    client = await connect(token=alice_token)
+
+    def change_password() -> None:
+        alice.set_password("changed-during-the-replay")
+        alice.save()
+
+    await client.send_json_to(
+        {"method": "subscribe", "data": {"graph_id": "test_graph", "since": 0}}
+    )
+    assert (await client.receive_json_from(timeout=5))["success"] is True
+    assert (await client.receive_json_from(timeout=5))["seq"] == 1  # the replay is under way
+    await sync_to_async(change_password)()
+
+    events = 1
+    async with asyncio.timeout(20):
+        while True:
+            frame = await client.receive_json_from(timeout=10)
+            if frame["method"] == "error":
+                break
+            events += frame["method"] == "execution_event"
+    assert frame["error"] == ErrorText.PASSWORD_CHANGED
+    closed = await client.receive_output(timeout=5)
+    assert closed["code"] == 4001
+    assert events < stored  # the replay stopped at the revocation, not at its end
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        lambda users: users.only("username").get(username="alice"),
+        lambda users: users.defer("password").get(username="alice"),
+        lambda users: users.only("username", "password").get(username="alice"),
+    ],
+    ids=["only", "defer", "only-password"],
+)
+def test_users_load_with_deferred_fields(alice: Any, load: Any) -> None:
+    # The revocation signals read what is loaded only: a deferred field is not fetched.
+    users = get_user_model().objects
+    user = load(users)
+    user.refresh_from_db(fields=["last_login"])
+    assert user.username == "alice"
+    user.save()  # nothing changed that it knows of: no revocation, no error

@@ -42,6 +42,7 @@ def install_server_hooks() -> None:
         uvicorn.redact_tokens_in_logs()
     if daphne.serving():
         daphne.redact_tokens_in_logs()
+        daphne.bound_request_bodies()
     if not _enabled():
         return
     for adapter in ADAPTERS:

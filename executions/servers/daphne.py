@@ -2,7 +2,9 @@
 frames written straight to the socket, and 1012 on shutdown.
 
 Everything here reads daphne's, autobahn's or Twisted's internals, so it engages only for the
-versions in TESTED (the others get the plain ASGI send, see executions.servers):
+versions in TESTED (the others get the plain ASGI send, see executions.servers), except two
+safety matters installed whenever daphne serves, as long as the methods they wrap exist: the
+body limits (bound_request_bodies) and tokens out of the access log (redact_tokens_in_logs).
 
 - Inbound size: daphne's limit defaults to 1 MiB, so daphne would buffer, and the application
   see, messages up to that size. The WebSocket factory's options are clamped to the app's
@@ -29,6 +31,7 @@ versions in TESTED (the others get the plain ASGI send, see executions.servers):
 import asyncio
 import functools
 import io
+import logging
 import sys
 import weakref
 from functools import cache
@@ -62,9 +65,16 @@ _applied: ServerSettings | None = None
 _open_protocols: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
+# daphne's command line, and its runserver: what starts daphne. (Not daphne.server, which the
+# "daphne" app imports in every process that lists it in INSTALLED_APPS, uvicorn's included.)
+logger = logging.getLogger("executions.servers")
+
+_STARTERS = ("daphne.cli", "daphne.management.commands.runserver")
+
+
 def serving() -> bool:
     """True in a process that daphne serves."""
-    return "daphne.server" in sys.modules
+    return any(name in sys.modules for name in _STARTERS)
 
 
 @cache
@@ -79,7 +89,6 @@ def install(settings: ServerSettings) -> None:
     _applied = settings
     if first_time:
         _clamp_websocket_options()
-        _bounded_requests_without_form_parsing()
         _say_restart_at_shutdown()
 
 
@@ -161,9 +170,30 @@ def _clamp_websocket_options() -> None:
     WebSocketFactory.setProtocolOptions = set_protocol_options
 
 
-def _bounded_requests_without_form_parsing() -> None:
-    from daphne.http_protocol import HTTPFactory
+_BOUNDED = False
 
+
+def bound_request_bodies() -> None:
+    """Refuse bodies over their limit while daphne reads them (once, however often called).
+
+    A limit is a safety matter, so this is installed whenever daphne serves, adapters on or
+    off, tested version or not, as long as the hooks it overrides are there; without them the
+    application's RequestBodyLimit still refuses the body, once daphne has read it.
+    """
+    global _BOUNDED
+    if _BOUNDED:
+        return
+    from daphne.http_protocol import HTTPFactory, WebRequest
+
+    hooks = ("gotLength", "handleContentChunk", "requestReceived")
+    if not all(callable(getattr(WebRequest, hook, None)) for hook in hooks):
+        logger.warning("daphne's request class lacks %s: bodies are bounded after reading", hooks)
+        return
+    _bounded_requests_without_form_parsing(HTTPFactory)
+    _BOUNDED = True
+
+
+def _bounded_requests_without_form_parsing(HTTPFactory: Any) -> None:
     request_factory = functools.partial(bounded_request_class(), parsePOSTFormSubmission=False)
     original = HTTPFactory.buildProtocol
 
