@@ -13,7 +13,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from executions import conf, history, metrics, revocation, servers
+from executions import catchup, conf, history, metrics, revocation, servers
 from executions.auth import AUTH_ERROR_KEY, chosen_subprotocol
 from executions.fanout import local_fanout
 from executions.history import StoredEvent
@@ -42,8 +42,6 @@ def _utf8_length_over(text: str, limit: int) -> bool:
 
 Handler = Callable[["ExecutionStreamConsumer", ClientMessage], Awaitable[None]]
 
-# Events read from the database per query while replaying history.
-REPLAY_PAGE_SIZE = 500
 # While the transport is full, how often to look again at the backlog and the client.
 STALL_POLL_SECONDS = 0.25
 # How long a closing error frame and close may wait for room in a stalled client's socket.
@@ -217,11 +215,8 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         if subscription is None:
             return
         graph_id = event["graph_id"]
-        if seq > subscription.delivered + 1:
-            missing = await database_sync_to_async(history.events_after)(
-                graph_id, subscription.delivered, seq - subscription.delivered - 1, until=seq - 1
-            )
-            await self._send_events(subscription, missing)
+        missing = await catchup.missing_before(graph_id, subscription.delivered, seq)
+        await self._send_events(subscription, missing)
         await self._send_event(subscription, seq, event["frame"])
         self._observe_latency(event)
 
@@ -306,14 +301,8 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     async def _replay(
         self, subscription: Subscription, graph_id: str, after: int, until: int
     ) -> None:
-        while after < until and await self._ready_for_more():
-            page = await database_sync_to_async(history.events_after)(
-                graph_id, after, REPLAY_PAGE_SIZE, until=until
-            )
-            if not page:
-                return
+        async for page in catchup.replay_pages(graph_id, after, until, self._ready_for_more):
             await self._send_events(subscription, page)
-            after = page[-1].seq
 
     async def _send_events(self, subscription: Subscription, events: Iterable[StoredEvent]) -> None:
         for event in events:
