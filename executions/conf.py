@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "EXECUTIONS_MAX_CONNECTIONS": 10_000,
     # Frames waiting for one connection, in bytes; past it the client is closed with 4008.
     "EXECUTIONS_MAX_BACKLOG_BYTES": 4 * 1024 * 1024,
+    # Server-Sent Events (<api>/graphs/<id>/events): seconds between ": heartbeat" comments.
+    "EXECUTIONS_SSE_HEARTBEAT_SECONDS": 15.0,
     # How often each process checks the history for events the channel layer lost.
     "EXECUTIONS_SWEEP_SECONDS": 2.0,
     # Retention: the last N events of each graph, and none older than D days (None: no limit).

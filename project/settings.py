@@ -169,6 +169,8 @@ EXECUTIONS_METRICS_ALLOWED = {
 if os.environ.get("EXECUTIONS_API_DOCS", "").strip():
     EXECUTIONS_API_DOCS = _env_flag("EXECUTIONS_API_DOCS")  # unset: with DEBUG only
 EXECUTIONS_DEMO_ENABLED = _env_flag("EXECUTIONS_DEMO_ENABLED")
+# Seconds between the Server-Sent Events stream's ": heartbeat" comments.
+EXECUTIONS_SSE_HEARTBEAT_SECONDS = float(os.environ.get("EXECUTIONS_SSE_HEARTBEAT_SECONDS", "15"))
 
 LOGGING = {
     "version": 1,

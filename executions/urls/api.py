@@ -1,7 +1,16 @@
-"""The HTTP API alone: ``path("api/", include("executions.urls.api"))``."""
+"""The HTTP API alone: ``path("api/", include("executions.urls.api"))``.
+
+The Server-Sent Events stream (executions.sse) comes first: ``graphs/<id>/events`` must end in
+``/events``, and the history (``graphs/<id>/executions``) in ``/executions``, so a graph id may
+hold ``/`` (even ``/events``) without one route taking the other's requests.
+"""
 
 from django.urls import path
 
 from executions.api import api
+from executions.sse import graph_events
 
-urlpatterns = [path("", api.urls)]
+urlpatterns = [
+    path("graphs/<path:graph_id>/events", graph_events, name="executions-graph-events"),
+    path("", api.urls),
+]

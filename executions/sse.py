@@ -1,0 +1,225 @@
+"""Server-Sent Events: a graph's results over plain HTTP, for clients that cannot open WebSockets.
+
+``GET <api>/graphs/<graph_id>/events`` answers ``text/event-stream``. Each result is one event::
+
+    id: <the graph's seq>
+    event: execution_event
+    data: <the WebSocket frame the subscriber would get, without "seq">
+
+``Last-Event-ID`` (which browsers send when they reconnect) or ``?since=N`` resumes exactly after
+N from the history, then follows live; without either the stream is live from now. Events removed
+by retention are reported as ``event: gap`` with ``{"requested_since", "head", "oldest"}``, and
+the stream goes on from the oldest retained one. A comment (``: heartbeat``) every
+EXECUTIONS_SSE_HEARTBEAT_SECONDS keeps proxies from closing an idle stream. A reader too slow for
+EXECUTIONS_MAX_BACKLOG_BYTES gets ``event: error`` and the stream ends: reconnect with
+Last-Event-ID. A revoked or expired credential (a password change, a logout, the token's end)
+ends the stream too, with ``event: error`` and the same reason a WebSocket gets.
+
+A Django async view returning a StreamingHttpResponse over an async generator: under ASGI Django
+sends each chunk as it comes and cancels the generator when the client disconnects, so the
+generator's ``finally`` gives the fan-out membership back. The view is mounted beside the ninja
+API (executions.urls.api) rather than in it: it needs no schema, and ninja would run the
+authentication of an async operation in ways that differ between its versions.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.contrib.auth import get_user
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.views.decorators.http import require_GET
+
+from executions import catchup, conf, history, metrics, revocation
+from executions.catchup import on_shared_thread
+from executions.errors import BAD_CREDENTIALS
+from executions.exceptions import ExecutionsError
+from executions.fanout import local_fanout
+from executions.outbox import Backlog
+from executions.protocol import ErrorText
+from executions.revocation import TOKEN_KEY
+from executions.schemas import MAX_GRAPH_ID_LENGTH, Methods
+from executions.tokens import verify_token
+
+EVENT_NAME = Methods.EXECUTION_EVENT.value
+HEARTBEAT = b": heartbeat\n\n"
+OPENING = b": connected\n\n"
+SLOW_READER = (
+    "The stream fell too far behind and was closed: reconnect with Last-Event-ID to resume."
+)
+
+
+def sse_event(data: str, event: str, event_id: int | None = None) -> bytes:
+    """One SSE event; a data line per line of `data` (JSON frames hold none)."""
+    lines = [] if event_id is None else [f"id: {event_id}"]
+    lines.append(f"event: {event}")
+    lines.extend(f"data: {line}" for line in data.split("\n"))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def result_event(event: history.StoredEvent) -> bytes:
+    return sse_event(event.frame, EVENT_NAME, event.seq)
+
+
+def _compact(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def gap_event(since: int, position: history.StreamPosition) -> bytes:
+    data = {"requested_since": since, "head": position.head, "oldest": position.oldest}
+    return sse_event(_compact(data), "gap")
+
+
+def error_event(reason: str) -> bytes:
+    return sse_event(_compact({"error": reason}), "error")
+
+
+class StreamReceiver:
+    """The fan-out's hand-off to one SSE response: a bounded backlog, never blocking; and the
+    revocation of its credential (executions.revocation), which ends the stream."""
+
+    def __init__(self) -> None:
+        self.backlog = Backlog(conf.get("EXECUTIONS_MAX_BACKLOG_BYTES"))
+        self.revoked: str | None = None
+
+    def enqueue(self, event: dict[str, Any]) -> None:
+        self.backlog.put(event)
+
+    def revoke(self, reason: str) -> None:
+        if self.revoked is None:
+            self.revoked = reason
+            self.backlog.wake()
+
+
+def _error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def _bearer(request: HttpRequest) -> str:
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
+async def _authenticated(request: HttpRequest) -> dict[str, Any] | None:
+    """The session's user, else the bearer token's (as the history API decides), as the parts of
+    a scope that executions.revocation reads; None: neither."""
+    if hasattr(request, "session"):
+        user = await on_shared_thread(get_user, request)
+        if user.is_authenticated:
+            return {"user": user, "session": request.session}
+    token = _bearer(request)
+    if token:
+        try:
+            verified = await on_shared_thread(verify_token, token)
+        except ExecutionsError:
+            return None
+        return {"user": verified.user, TOKEN_KEY: verified}
+    return None
+
+
+def _since(request: HttpRequest) -> int | str | None:
+    """The number to resume after (Last-Event-ID first, then ?since), None, or an error text."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        raw = request.GET.get("since")
+    if raw is None or raw.strip() == "":
+        return None
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit():
+        return "Last-Event-ID and since must be a non-negative integer."
+    return int(raw)
+
+
+@require_GET
+async def graph_events(request: HttpRequest, graph_id: str) -> HttpResponseBase:
+    scope = await _authenticated(request)
+    if scope is None:
+        return _error(401, BAD_CREDENTIALS)
+    policy = conf.subscribe_policy()
+    allowed = len(graph_id) <= MAX_GRAPH_ID_LENGTH and await on_shared_thread(
+        policy, scope["user"], graph_id
+    )
+    if not allowed:
+        return _error(403, "Not allowed to read this graph.")
+    since = _since(request)
+    if isinstance(since, str):
+        return _error(400, since)
+    response = StreamingHttpResponse(
+        _stream(graph_id, since, scope), content_type="text/event-stream; charset=utf-8"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
+
+
+async def _stream(graph_id: str, since: int | None, scope: dict[str, Any]) -> AsyncIterator[bytes]:
+    fanout = local_fanout(get_channel_layer())
+    receiver = StreamReceiver()
+    backlog = receiver.backlog
+    credential = await on_shared_thread(revocation.credential_of, scope)
+    expiry = _expire_later(receiver, credential)
+    metrics.SUBSCRIPTIONS.inc()
+    try:
+        # Given back in `finally` whatever happens, even if the stream never gets further.
+        await fanout.track(receiver, credential)
+        await fanout.add(graph_id, receiver)
+        # A revocation sent before the stream was tracked reached nobody: look once more.
+        refusal = await on_shared_thread(revocation.refusal_now, scope)
+        if refusal is not None:
+            receiver.revoke(refusal)
+        # Read after joining: whatever is published from here on also arrives live. And read
+        # before the opening comment: a client that has seen it gets whatever follows.
+        position = await on_shared_thread(history.position, graph_id)
+        yield OPENING
+        delivered = position.head
+        if since is not None:
+            if position.is_truncated_after(since):
+                yield gap_event(since, position)
+            start = position.replay_start(since)
+            async for page in catchup.replay_pages(graph_id, start, position.head):
+                yield b"".join(result_event(event) for event in page)
+        heartbeat = float(conf.get("EXECUTIONS_SSE_HEARTBEAT_SECONDS"))
+        while True:
+            if receiver.revoked is not None:
+                metrics.CONNECTIONS_REVOKED.labels(receiver.revoked).inc()
+                yield error_event(receiver.revoked)
+                return
+            if backlog.overflowed:
+                metrics.SLOW_CONSUMER_DISCONNECTS.inc()
+                yield error_event(SLOW_READER)
+                return
+            if not backlog:
+                try:
+                    await asyncio.wait_for(backlog.wait(), heartbeat)
+                except TimeoutError:
+                    yield HEARTBEAT
+                continue
+            live = backlog.pop()
+            seq: int = live["seq"]
+            if seq <= delivered:
+                continue
+            missing = await catchup.missing_before(graph_id, delivered, seq)
+            chunk = b"".join(result_event(event) for event in missing)
+            yield chunk + result_event(history.StoredEvent(graph_id, seq, live["frame"]))
+            delivered = seq
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+        metrics.SUBSCRIPTIONS.dec()
+        await fanout.discard(graph_id, receiver)
+        await fanout.untrack(receiver, credential)
+
+
+def _expire_later(
+    receiver: StreamReceiver, credential: revocation.Credential
+) -> asyncio.TimerHandle | None:
+    """End the stream when its token or session expires, as a WebSocket is closed then."""
+    if credential.expires_at is None:
+        return None
+    reason = ErrorText.SESSION_ENDED if credential.session_key else ErrorText.TOKEN_EXPIRED
+    delay = max(0.0, credential.expires_at - time.time())
+    return asyncio.get_running_loop().call_later(delay, receiver.revoke, reason)
