@@ -49,7 +49,8 @@ def get_asgi_application(*, websocket_fallback: ASGIApp | None = None) -> ASGIAp
     install_server_hooks()
     application = ProtocolTypeRouter(
         {
-            "http": RequestBodyLimit(IngestEndpoint(_with_static_files(django_application))),
+            # The ingest endpoint checks its token before any body limit, and bounds its own body.
+            "http": IngestEndpoint(RequestBodyLimit(_with_static_files(django_application))),
             "websocket": websocket_auth_stack(WebSocketRouter(fallback=websocket_fallback)),
         }
     )
