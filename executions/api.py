@@ -24,6 +24,7 @@ from executions.events import send_execution_results
 from executions.exceptions import ExecutionsError, PublishNotDelivered
 from executions.ingest import token_refusal
 from executions.schemas import MAX_GRAPH_ID_LENGTH, ExecutionResult
+from executions.scope import declares_more_than
 from executions.tokens import mint_token, user_for_token
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,7 @@ class IngestToken(HttpBearer):
         refusal = token_refusal(request.headers.get(self.header, ""))
         if refusal is None:
             limit = int(conf.get("EXECUTIONS_MAX_INGEST_BYTES"))
-            declared = request.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > limit:
+            if declares_more_than(request.headers.get("Content-Length", ""), limit):
                 raise IngestBodyTooLarge(limit)
             return True
         if refusal[0] == 403:

@@ -134,7 +134,7 @@ class RequestBodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from executions.scope import header, path_info
+        from executions.scope import declares_more_than, header, path_info
 
         limit = request_body_limit(
             scope["method"], path_info(scope), header(scope, b"content-type")
@@ -142,8 +142,7 @@ class RequestBodyLimit:
         if limit is None:
             await self.app(scope, receive, send)
             return
-        declared = header(scope, b"content-length")
-        if declared.strip().isdigit() and int(declared) > limit:
+        if declares_more_than(header(scope, b"content-length"), limit):
             await _send_too_large(send, limit)
             return
         await _BoundedExchange(limit, receive, send).run(self.app, scope)

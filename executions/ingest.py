@@ -28,7 +28,7 @@ from executions.errors import (
 from executions.events import send_execution_results
 from executions.exceptions import PublishNotDelivered
 from executions.schemas import ExecutionResult
-from executions.scope import header, path_info
+from executions.scope import declares_more_than, header, path_info
 
 INGEST_URL_NAME = "ingest"
 API_NAMESPACE = "executions-api"
@@ -86,9 +86,8 @@ class IngestEndpoint:
             await _respond(send, *refusal, close=True)
             return
         limit = int(conf.get("EXECUTIONS_MAX_INGEST_BYTES"))
-        declared = header(scope, b"content-length")
         body: bytes | None = None
-        if not (declared.isdigit() and int(declared) > limit):
+        if not declares_more_than(header(scope, b"content-length"), limit):
             try:
                 body = await _read_body(receive, limit)
             except ClientGone:

@@ -20,3 +20,13 @@ def header(scope: Scope, name: bytes) -> str:
         if key.lower() == name:
             return bytes(value).decode("latin-1")
     return ""
+
+
+def declares_more_than(content_length: str, limit: int) -> bool:
+    """Whether a ``Content-Length`` value announces a body over `limit` bytes.
+
+    Only ASCII digits count (``str.isdigit`` also takes digits such as "²", which ``int``
+    refuses); anything else announces nothing, and the body is counted as it arrives.
+    """
+    value = content_length.strip()
+    return value.isascii() and value.isdigit() and int(value) > limit
