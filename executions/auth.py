@@ -10,6 +10,7 @@ from django.contrib.auth.models import AnonymousUser
 from executions.exceptions import ExecutionsError
 from executions.origins import ExactOriginValidator
 from executions.revocation import TOKEN_KEY
+from executions.scope import bearer_token
 from executions.tokens import verify_token
 
 Scope = dict[str, Any]
@@ -43,9 +44,9 @@ def _token_from_authorization(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if bytes(name).lower() != b"authorization":
             continue
-        scheme, _, credentials = bytes(value).decode("latin-1").strip().partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
+        token = bearer_token(bytes(value).decode("latin-1"))
+        if token:
+            return token
     return ""
 
 

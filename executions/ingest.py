@@ -28,7 +28,7 @@ from executions.errors import (
 from executions.events import send_execution_results
 from executions.exceptions import PublishNotDelivered
 from executions.schemas import ExecutionResult
-from executions.scope import declares_more_than, header, path_info
+from executions.scope import bearer_token, declares_more_than, header, path_info
 
 INGEST_URL_NAME = "ingest"
 API_NAMESPACE = "executions-api"
@@ -44,12 +44,8 @@ def token_refusal(authorization: str) -> Reply | None:
     expected = conf.get("EXECUTIONS_INGEST_TOKEN")
     if not expected:
         return 403, {"error": INGEST_DISABLED}
-    scheme, _, token = authorization.partition(" ")
-    if (
-        scheme.lower() != "bearer"
-        or not token
-        or not constant_time_compare(token.strip(), expected)
-    ):
+    token = bearer_token(authorization)
+    if not token or not constant_time_compare(token, expected):
         return 401, {"error": BAD_CREDENTIALS}
     return None
 

@@ -30,3 +30,9 @@ def declares_more_than(content_length: str, limit: int) -> bool:
     """
     value = content_length.strip()
     return value.isascii() and value.isdigit() and int(value) > limit
+
+
+def bearer_token(authorization: str) -> str:
+    """The credentials of an ``Authorization: Bearer <token>`` value, or "" for any other."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""

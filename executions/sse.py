@@ -43,6 +43,7 @@ from executions.outbox import Backlog
 from executions.protocol import ErrorText
 from executions.revocation import TOKEN_KEY
 from executions.schemas import MAX_GRAPH_ID_LENGTH, Methods
+from executions.scope import bearer_token
 from executions.tokens import verify_token
 
 EVENT_NAME = Methods.EXECUTION_EVENT.value
@@ -99,11 +100,6 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
-def _bearer(request: HttpRequest) -> str:
-    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" else ""
-
-
 async def _authenticated(request: HttpRequest) -> dict[str, Any] | None:
     """The session's user, else the bearer token's (as the history API decides), as the parts of
     a scope that executions.revocation reads; None: neither."""
@@ -111,7 +107,7 @@ async def _authenticated(request: HttpRequest) -> dict[str, Any] | None:
         user = await on_shared_thread(get_user, request)
         if user.is_authenticated:
             return {"user": user, "session": request.session}
-    token = _bearer(request)
+    token = bearer_token(request.headers.get("Authorization", ""))
     if token:
         try:
             verified = await on_shared_thread(verify_token, token)
