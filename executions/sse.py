@@ -90,6 +90,10 @@ class StreamReceiver:
     def enqueue(self, event: dict[str, Any]) -> None:
         self.backlog.put(event)
 
+    async def open(self) -> bool:
+        """Whether the replay may go on: not once the credential is revoked."""
+        return self.revoked is None
+
     def revoke(self, reason: str) -> None:
         if self.revoked is None:
             self.revoked = reason
@@ -176,7 +180,7 @@ async def _stream(graph_id: str, since: int | None, scope: dict[str, Any]) -> As
             if position.is_truncated_after(since):
                 yield gap_event(since, position)
             start = position.replay_start(since)
-            async for page in catchup.replay_pages(graph_id, start, position.head):
+            async for page in catchup.replay_pages(graph_id, start, position.head, receiver.open):
                 yield b"".join(result_event(event) for event in page)
         heartbeat = float(conf.get("EXECUTIONS_SSE_HEARTBEAT_SECONDS"))
         while True:

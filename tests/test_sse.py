@@ -296,6 +296,29 @@ async def test_a_password_change_ends_the_stream_with_an_error_event(
     assert fanout.connections == {}
 
 
+async def test_a_replay_stops_when_the_credential_is_revoked(
+    open_stream: Any, alice: Any, alice_token: str, channel_layer: Any
+) -> None:
+    from executions import history
+
+    stored = 5000
+    results = [make_result(node_exec_id=f"replayed-{n}") for n in range(stored)]
+    await sync_to_async(history.record)(results)
+    stream = await open_stream(token=alice_token, last_event_id="0")
+    await stream.read_until(OPENING + b"id: 1\n")  # the first page is on its way
+
+    def change_password() -> None:
+        alice.set_password("changed-during-the-replay")
+        alice.save()
+
+    await sync_to_async(change_password)()
+
+    body = await stream.read_to_end()
+    error = json.dumps({"error": ErrorText.PASSWORD_CHANGED}, separators=(",", ":")).encode()
+    assert body.endswith(b"event: error\ndata: " + error + b"\n\n")
+    assert body.count(b"event: execution_event") < stored  # stopped at the revocation
+
+
 async def test_a_slow_reader_gets_an_error_event_and_the_stream_ends(
     open_stream: Any, alice_token: str, settings: Any, channel_layer: Any
 ) -> None:
