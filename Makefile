@@ -15,13 +15,15 @@ PYTHON ?= $(shell for candidate in python3.12 python3.13 python3.14 python3 pyth
 # ingest token made up for this run unless one is given.
 RUN_INGEST_TOKEN := $(or $(EXECUTIONS_INGEST_TOKEN),$(shell head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'))
 
-.PHONY: help install run test matrix lint format bench bench-layers clean
+.PHONY: help install run test matrix lint format bench bench-layers bench-sockets bench-scale-out clean
 
 help:
 	@echo "make run    set up and serve on http://$(HOST):$(PORT) (SQLite, in-memory layer)"
 	@echo "make test   set up and run lint, type checks and the test suite"
 	@echo "make matrix the suite on the other supported Python and Django versions (nox)"
 	@echo "make bench  run the benchmarks against the FastAPI and websockets baselines"
+	@echo "make bench-sockets    10,000 WebSockets on one process and on two behind Redis"
+	@echo "make bench-scale-out  1, 2 and 4 processes on Redis, and a 32-core prediction"
 
 $(BIN)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.12 or newer is needed; none found on PATH." >&2; exit 1; }
@@ -76,6 +78,15 @@ bench: $(BIN)/.bench-installed
 
 bench-layers: install
 	$(BIN)/python bench/layer_choice.py
+
+# Apart from `make bench`: their full sizes (10,000 connections per row; 4,000 connections on
+# 1, 2 and 4 processes) have not been timed alongside its ~4 minutes. BENCH_ARGS=--smoke runs
+# the same code scaled down (300 connections, 20 events).
+bench-sockets: $(BIN)/.bench-installed
+	$(BIN)/python bench/sockets.py $(BENCH_ARGS)
+
+bench-scale-out: $(BIN)/.bench-installed
+	$(BIN)/python bench/scale_out.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -25,6 +25,12 @@ Two clients:
 Workers talk to the parent over a ``multiprocessing`` pipe:
 ``("ready", stats)`` -> ``("go", {...})`` -> ``("result", stats)``; the parent may send
 ``("stop", None)`` at any time.
+
+Optional spec keys (bench/sockets.py and bench/scale_out.py use them; bench/run.py does not):
+``local_addrs``, source addresses (e.g. ``127.0.0.2``) given to the connections in turn, so
+that many thousands of connections are not limited by one address's ephemeral ports; and
+``nofile``, the open-file limit the worker raises itself to. The ready message carries each
+connection's connect time (TCP connect to subscribe ack, microseconds) in ``connect_us``.
 """
 
 import asyncio
@@ -33,6 +39,8 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
+import socket
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -48,6 +56,26 @@ OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9,
 PIPE_POLL_SECONDS = 0.02
 WATCH_SECONDS = 0.05
 MAX_ERRORS_KEPT = 5
+# Linux: bind() to a source address without reserving a port until connect(), so the port is
+# picked per destination (the 4-tuple), not out of the address's ports for every destination.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def raise_open_file_limit(wanted: int) -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to `wanted` (and the hard limit when allowed).
+
+    The limit is inherited by processes started afterwards (servers and workers alike).
+    Returns the (soft, hard) limit in force afterwards.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted > hard != resource.RLIM_INFINITY:
+        with contextlib.suppress(ValueError, OSError):  # raising the hard limit needs root
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def new_event_loop_factory() -> Any:
@@ -320,8 +348,29 @@ class LeanSubscriber(asyncio.Protocol):
             self.transport.abort()
 
 
-async def open_lean(url: str, graph_id: str, tally: Tally, limit: float) -> LeanSubscriber:
-    """Connect, upgrade and subscribe one lean subscriber; fail within `limit` seconds."""
+async def bound_socket(host: str, port: int, local_addr: str) -> socket.socket:
+    """A TCP socket from source address `local_addr`, connected to host:port."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((local_addr, 0))
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_lean(
+    url: str, graph_id: str, tally: Tally, limit: float, local_addr: str | None = None
+) -> LeanSubscriber:
+    """Connect, upgrade and subscribe one lean subscriber; fail within `limit` seconds.
+
+    With `local_addr`, the connection leaves from that source address (e.g. ``127.0.0.2``).
+    """
     parts = urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     host = parts.netloc
@@ -334,7 +383,11 @@ async def open_lean(url: str, graph_id: str, tally: Tally, limit: float) -> Lean
         return protocol
 
     async def connect() -> None:
-        await loop.create_connection(factory, parts.hostname, parts.port)
+        if local_addr:
+            sock = await bound_socket(parts.hostname or "", parts.port or 80, local_addr)
+            await loop.create_connection(factory, sock=sock)
+        else:
+            await loop.create_connection(factory, parts.hostname, parts.port)
         assert protocol is not None
         await protocol.subscribed
 
@@ -358,12 +411,19 @@ class LibrarySubscriber:
         self.reader: asyncio.Task[None] | None = None
         self.closing = False
 
-    async def open(self, url: str, limit: float) -> None:
+    async def open(self, url: str, limit: float, local_addr: str | None = None) -> None:
         from websockets.asyncio.client import connect
+
+        source = {"local_addr": (local_addr, 0)} if local_addr else {}
 
         async def run() -> None:
             self.connection = await connect(
-                url, compression=None, max_size=None, ping_interval=None, open_timeout=limit
+                url,
+                compression=None,
+                max_size=None,
+                ping_interval=None,
+                open_timeout=limit,
+                **source,
             )
             request = {"method": "subscribe", "data": {"graph_id": self.graph_id}}
             await self.connection.send(json.dumps(request))
@@ -410,6 +470,10 @@ async def _recv(pipe: Connection, seconds: float) -> tuple[str, Any]:
 
 async def run_worker(spec: dict[str, Any], pipe: Connection) -> None:
     """One worker: connect, report ready, wait for go, tally until done, report the result."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if spec.get("nofile"):
+        nofile = raise_open_file_limit(spec["nofile"])
+    local_addrs: list[str] = list(spec.get("local_addrs") or [])
     state = WorkerState(spec["plan"])
     per_graph = expected_per_graph(spec["plan"], spec["graphs"])
     subscriptions: list[tuple[str, int]] = spec["subscriptions"]
@@ -419,26 +483,30 @@ async def run_worker(spec: dict[str, Any], pipe: Connection) -> None:
     timeout = spec["connect_timeout"]
     opened: list[Any] = []
     failures: list[str] = []
+    connect_us: list[int] = []  # per connection: TCP connect to subscribe ack
     cpu_start = time.process_time()
     connect_started = time.monotonic()
 
-    async def open_one(graph_id: str, tally: Tally) -> None:
+    async def open_one(index: int, graph_id: str, tally: Tally) -> None:
+        local = local_addrs[index % len(local_addrs)] if local_addrs else None
         async with gate:
+            began = time.monotonic_ns()
             try:
                 if spec["client"] == "websockets":
                     subscriber = LibrarySubscriber(graph_id, tally)
-                    await subscriber.open(spec["url"], timeout)
+                    await subscriber.open(spec["url"], timeout, local)
                 else:
-                    subscriber = await open_lean(spec["url"], graph_id, tally, timeout)
+                    subscriber = await open_lean(spec["url"], graph_id, tally, timeout, local)
             except (OSError, ConnectionError, TimeoutError, Exception) as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
                 return
+            connect_us.append((time.monotonic_ns() - began) // 1000)
             opened.append(subscriber)
             state.remaining += per_graph[tally.graph_index]
 
     tasks = [
-        asyncio.ensure_future(open_one(graph_id, tally))
-        for (graph_id, _), tally in zip(subscriptions, tallies, strict=True)
+        asyncio.ensure_future(open_one(index, graph_id, tally))
+        for index, ((graph_id, _), tally) in enumerate(zip(subscriptions, tallies, strict=True))
     ]
     _, pending = await asyncio.wait(tasks, timeout=timeout * 2) if tasks else (set(), set())
     for task in pending:
@@ -453,6 +521,8 @@ async def run_worker(spec: dict[str, Any], pipe: Connection) -> None:
                 "connected": len(opened),
                 "failed": len(failures),
                 "connect_s": connect_seconds,
+                "connect_us": connect_us,
+                "nofile": list(nofile),
                 "errors": failures[:MAX_ERRORS_KEPT],
             },
         )
