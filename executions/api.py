@@ -23,7 +23,7 @@ from executions.errors import (
 from executions.events import send_execution_results
 from executions.exceptions import ExecutionsError, PublishNotDelivered
 from executions.ingest import token_refusal
-from executions.schemas import MAX_GRAPH_ID_LENGTH, ExecutionResult
+from executions.schemas import MAX_GRAPH_ID_LENGTH, TaggedPublishable
 from executions.scope import declares_more_than
 from executions.tokens import mint_token, user_for_token
 
@@ -111,10 +111,10 @@ class WsToken(Schema):
     url_name="ingest",
     auth=IngestToken(),
     response={202: Accepted, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 413: ErrorBody},
-    summary="Publish one execution result or an array of them",
+    summary="Publish one execution result or AutoGPT event, or an array of them",
 )
 async def ingest_executions(
-    request: HttpRequest, payload: ExecutionResult | list[ExecutionResult]
+    request: HttpRequest, payload: TaggedPublishable | list[TaggedPublishable]
 ) -> Status[dict[str, int]]:
     results = payload if isinstance(payload, list) else [payload]
     accepted = await send_execution_results(results, outside_any_transaction=True)

@@ -4,8 +4,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -13,11 +14,23 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from executions import catchup, conf, history, metrics, revocation, servers
+from executions import catchup, conf, history, metrics, policy, revocation, servers
 from executions.auth import AUTH_ERROR_KEY, chosen_subprotocol
+from executions.channels import (
+    ExecutionView,
+    GraphExecutionsView,
+    GraphView,
+    View,
+    execution_channel,
+    graph_executions_channel,
+)
 from executions.fanout import local_fanout
 from executions.history import StoredEvent
-from executions.inbound import decode_client_message, subscription_request
+from executions.inbound import (
+    decode_client_message,
+    execution_subscription_request,
+    subscription_request,
+)
 from executions.limits import TokenBucket, open_connections
 from executions.outbox import Backlog
 from executions.protocol import (
@@ -30,7 +43,7 @@ from executions.protocol import (
     heartbeat_frame,
     numbered_frame,
 )
-from executions.schemas import ClientMessage, Methods, SubscriptionRequest
+from executions.schemas import ClientMessage, Methods, Resumable
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +63,20 @@ SLOW_CLOSE_SECONDS = 5.0
 
 @dataclass(slots=True)
 class Subscription:
-    """What one connection has been sent of one graph."""
+    """What one connection has been sent of one graph's stream, through one view of it."""
 
+    graph_id: str  # the stream followed
+    view: View  # what of it this subscription gets, as which frames
+    channel: str  # named by acknowledgements and errors
     numbered: bool  # frames carry "seq": the client subscribed with since or snapshot
-    delivered: int  # the last sequence number this connection has been sent
+    delivered: int = 0  # the last sequence number of the stream this subscription has passed
+
+
+# What a subscription follows: ("graph", graph_id) for the original protocol's subscribe,
+# ("execution", graph_exec_id) and ("executions", graph_id) for AutoGPT's current one.
+SubscriptionKey = tuple[str, str]
+# Produces a subscription's snapshot: the stored events up to a head (history.latest_state...).
+Snapshot = Callable[[int], list[StoredEvent]]
 
 
 class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
@@ -64,7 +87,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     (they are committed: numbers are handed out one transaction at a time).
     """
 
-    subscriptions: dict[str, Subscription]
+    subscriptions: dict[SubscriptionKey, Subscription]
     _counted_user: object | None
     _credential: revocation.Credential | None
 
@@ -83,6 +106,8 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         self.backlog = Backlog(conf.get("EXECUTIONS_MAX_BACKLOG_BYTES"))
         self._closing = False
         self.subscriptions = {}
+        # The same subscriptions by the graph whose stream each follows.
+        self._following: dict[str, dict[SubscriptionKey, Subscription]] = {}
         self._counted_user = None
         self._credential = None
         self._revoked: str | None = None
@@ -140,25 +165,32 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         """
         if self._closing or self._revoked is not None:
             return
-        if self._idle and not self.backlog and self._direct_frames is not None and self._writable():
-            subscription, seq = self._wanted(event)
-            if subscription is None:
-                return
-            if seq == subscription.delivered + 1 and self._written_on_the_spot(subscription, event):
-                return
+        parked = self._idle and not self.backlog and self._direct_frames is not None
+        if parked and self._writable() and self._written_on_the_spot(event):
+            return
         self.backlog.put(event)
 
-    def _written_on_the_spot(self, subscription: Subscription, event: dict[str, Any]) -> bool:
+    def _written_on_the_spot(self, event: dict[str, Any]) -> bool:
+        """Write an in-order event to every subscription that wants it; False: the task must."""
+        following = self._following.get(event["graph_id"])
+        if not following:
+            return True  # nothing here follows its graph (any more)
+        seq = event["seq"]
+        if any(seq > subscription.delivered + 1 for subscription in following.values()):
+            return False  # a gap to fill from the history first
         try:
-            written = self._write_directly(subscription, event["seq"], event["frame"])
+            for subscription in following.values():
+                if seq > subscription.delivered and not self._write_directly(
+                    subscription, seq, event
+                ):
+                    return False
         except Exception:
             # Never let one socket stop the fan-out to the others: the task retries through
             # the server's own send, which closes the connection its way if it is broken.
             logger.exception("writing a frame straight to the socket failed")
             return False
-        if written:
-            self._observe_latency(event)
-        return written
+        self._observe_latency(event)
+        return True
 
     async def connect(self) -> None:
         self._messages = TokenBucket(
@@ -211,22 +243,14 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     async def execution_result(self, event: dict[str, Any]) -> None:
         """Forward a published event, already serialized once by the publisher."""
-        subscription, seq = self._wanted(event)
-        if subscription is None:
-            return
-        graph_id = event["graph_id"]
-        missing = await catchup.missing_before(graph_id, subscription.delivered, seq)
-        await self._send_events(subscription, missing)
-        await self._send_event(subscription, seq, event["frame"])
+        graph_id, seq = event["graph_id"], event["seq"]
+        for subscription in tuple(self._following.get(graph_id, {}).values()):
+            if seq <= subscription.delivered:
+                continue
+            missing = await catchup.missing_before(graph_id, subscription.delivered, seq)
+            await self._send_events(subscription, missing)
+            await self._send_event(subscription, seq, event)
         self._observe_latency(event)
-
-    def _wanted(self, event: dict[str, Any]) -> tuple[Subscription | None, int]:
-        """The subscription an event is for, or None when it was sent already or is not wanted."""
-        seq: int = event["seq"]
-        subscription = self.subscriptions.get(event["graph_id"])
-        if subscription is None or seq <= subscription.delivered:
-            return None, seq
-        return subscription, seq
 
     @staticmethod
     def _observe_latency(event: dict[str, Any]) -> None:
@@ -234,36 +258,135 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             metrics.PUBLISH_TO_SEND_SECONDS.observe(time.time() - event["published_at"])
 
     async def subscribe(self, message: ClientMessage) -> None:
+        """The original protocol: every node result of a graph."""
         request = subscription_request(message)
         graph_id = request.graph_id
-        refusal = await database_sync_to_async(revocation.refusal_now)(self.scope)
-        if refusal is not None:
-            self.revoke(refusal)
+        if not await self._still_authenticated():
             return
         if not await self._may_subscribe(graph_id):
             self._log("websocket.subscribe_refused")
             raise ProtocolViolation("not_allowed", ErrorText.NOT_ALLOWED, graph_id)
-        limit = conf.get("EXECUTIONS_MAX_SUBSCRIPTIONS_PER_CONNECTION")
-        if graph_id not in self.subscriptions and len(self.subscriptions) >= limit:
-            error = ErrorText.TOO_MANY_SUBSCRIPTIONS.format(limit=limit)
-            raise ProtocolViolation("subscription_limit", error, graph_id)
-        if graph_id not in self.subscriptions:
-            metrics.SUBSCRIPTIONS.inc()
-        await local_fanout(self.channel_layer).add(graph_id, self)
-        # Read after joining: whatever is published from here on also arrives live.
-        position = await database_sync_to_async(history.position)(graph_id)
-        if not request.numbered:
-            self.subscriptions.setdefault(graph_id, Subscription(False, position.head))
-            await self._acknowledge(ack_frame(Methods.SUBSCRIBE, graph_id))
+        subscription = Subscription(graph_id, GraphView(), graph_id, request.numbered)
+        snapshot = partial(history.latest_state, graph_id)
+        await self._follow(("graph", graph_id), subscription, Methods.SUBSCRIBE, request, snapshot)
+
+    async def subscribe_graph_execution(self, message: ClientMessage) -> None:
+        """AutoGPT's protocol: the node and graph events of one execution."""
+        request = execution_subscription_request(message)
+        graph_exec_id = request.graph_exec_id
+        user_id = self._user_id()
+        channel = execution_channel(user_id, graph_exec_id)
+        if not await self._still_authenticated():
             return
-        self.subscriptions[graph_id] = await self._catch_up(request, position)
+        graph_id = await database_sync_to_async(history.execution_graph)(graph_exec_id)
+        # Another user's execution is refused exactly as one that does not exist.
+        if graph_id is None or not await self._may_subscribe(graph_id):
+            self._log("websocket.subscribe_refused")
+            raise ProtocolViolation("not_allowed", ErrorText.NO_SUCH_EXECUTION, channel)
+        owner_id = await database_sync_to_async(policy.graph_owner_id)(graph_id)
+        view = ExecutionView(graph_exec_id, channel, owner_id or user_id)
+        subscription = Subscription(graph_id, view, channel, request.numbered)
+        snapshot = partial(history.latest_state, graph_id, graph_exec_id=graph_exec_id)
+        key = ("execution", graph_exec_id)
+        await self._follow(key, subscription, Methods.SUBSCRIBE_GRAPH_EXEC, request, snapshot)
+
+    async def subscribe_graph_executions(self, message: ClientMessage) -> None:
+        """AutoGPT's protocol: the graph events of every execution of a graph."""
+        request = subscription_request(message)
+        graph_id = request.graph_id
+        channel = graph_executions_channel(self._user_id(), graph_id)
+        if not await self._still_authenticated():
+            return
+        if not await self._may_subscribe(graph_id):
+            self._log("websocket.subscribe_refused")
+            raise ProtocolViolation("not_allowed", ErrorText.NOT_ALLOWED, channel)
+        view = GraphExecutionsView(channel)
+        subscription = Subscription(graph_id, view, channel, request.numbered)
+        snapshot = partial(history.latest_runs, graph_id)
+        key = ("executions", graph_id)
+        await self._follow(key, subscription, Methods.SUBSCRIBE_GRAPH_EXECS, request, snapshot)
+
+    async def _still_authenticated(self) -> bool:
+        """Look at the credential again; a revoked one closes the connection instead."""
+        refusal = await database_sync_to_async(revocation.refusal_now)(self.scope)
+        if refusal is not None:
+            self.revoke(refusal)
+            return False
+        return True
+
+    async def _follow(
+        self,
+        key: SubscriptionKey,
+        subscription: Subscription,
+        method: Methods,
+        request: Resumable,
+        snapshot: Snapshot,
+    ) -> None:
+        """Start (or restart) a subscription: join its graph's fan-out, acknowledge, catch up."""
+        limit = conf.get("EXECUTIONS_MAX_SUBSCRIPTIONS_PER_CONNECTION")
+        if key not in self.subscriptions and len(self.subscriptions) >= limit:
+            error = ErrorText.TOO_MANY_SUBSCRIPTIONS.format(limit=limit)
+            raise ProtocolViolation("subscription_limit", error, subscription.channel)
+        if key not in self.subscriptions:
+            metrics.SUBSCRIPTIONS.inc()
+        await local_fanout(self.channel_layer).add(subscription.graph_id, self)
+        # Read after joining: whatever is published from here on also arrives live.
+        position = await database_sync_to_async(history.position)(subscription.graph_id)
+        if not request.numbered:
+            if key not in self.subscriptions:
+                subscription.delivered = position.head
+                self._add(key, subscription)
+            await self._acknowledge(ack_frame(method, subscription.channel))
+            return
+        await self._catch_up(subscription, method, request, position, snapshot)
+        self._add(key, subscription)
+
+    def _add(self, key: SubscriptionKey, subscription: Subscription) -> None:
+        self.subscriptions[key] = subscription
+        self._following.setdefault(subscription.graph_id, {})[key] = subscription
+
+    async def _unfollow(self, key: SubscriptionKey) -> Subscription | None:
+        """End a subscription; leave its graph's fan-out when it was the last on that graph."""
+        subscription = self.subscriptions.pop(key, None)
+        if subscription is None:
+            return None
+        metrics.SUBSCRIPTIONS.dec()
+        following = self._following.get(subscription.graph_id, {})
+        following.pop(key, None)
+        if not following:
+            self._following.pop(subscription.graph_id, None)
+            await local_fanout(self.channel_layer).discard(subscription.graph_id, self)
+        return subscription
 
     async def unsubscribe(self, message: ClientMessage) -> None:
+        """``{graph_id}`` ends a subscribe; ``{graph_exec_id}`` (AutoGPT's) a
+        subscribe_graph_execution; ``{channel}`` any subscription of AutoGPT's protocol."""
+        data = message.data
+        if isinstance(data, dict) and "graph_id" not in data:
+            if "graph_exec_id" in data:
+                request = execution_subscription_request(message)
+                ended = await self._unfollow(("execution", request.graph_exec_id))
+                channel = ended.channel if ended is not None else None
+                await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, channel))
+                return
+            if isinstance(data.get("channel"), str):
+                await self._unsubscribe_channel(data["channel"])
+                return
         graph_id = subscription_request(message).graph_id
-        if self.subscriptions.pop(graph_id, None) is not None:
-            metrics.SUBSCRIPTIONS.dec()
-            await local_fanout(self.channel_layer).discard(graph_id, self)
+        await self._unfollow(("graph", graph_id))
         await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, graph_id))
+
+    async def _unsubscribe_channel(self, channel: str) -> None:
+        for key, subscription in tuple(self.subscriptions.items()):
+            if key[0] != "graph" and subscription.channel == channel:
+                await self._unfollow(key)
+                await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, channel))
+                return
+        await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, None))
+
+    def _user_id(self) -> str:
+        """The connection's user, as AutoGPT's channel names spell it."""
+        return str(self.scope["user"].pk)
 
     async def heartbeat(self, message: ClientMessage) -> None:
         await self.send(text_data=heartbeat_frame())
@@ -273,64 +396,81 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     handlers: dict[Methods, Handler] = {
         Methods.SUBSCRIBE: subscribe,
+        Methods.SUBSCRIBE_GRAPH_EXEC: subscribe_graph_execution,
+        Methods.SUBSCRIBE_GRAPH_EXECS: subscribe_graph_executions,
         Methods.UNSUBSCRIBE: unsubscribe,
         Methods.HEARTBEAT: heartbeat,
         Methods.EXECUTION_EVENT: refuse_server_method,
+        Methods.GRAPH_EXECUTION_EVENT: refuse_server_method,
+        Methods.NODE_EXECUTION_EVENT: refuse_server_method,
         Methods.ERROR: refuse_server_method,
     }
 
     async def _catch_up(
-        self, request: SubscriptionRequest, position: history.StreamPosition
-    ) -> Subscription:
+        self,
+        subscription: Subscription,
+        method: Methods,
+        request: Resumable,
+        position: history.StreamPosition,
+        snapshot: Snapshot,
+    ) -> None:
         """Acknowledge with the head, then send history or the latest state up to the head."""
-        graph_id = request.graph_id
         truncated = request.since is not None and position.is_truncated_after(request.since)
-        ack = ack_frame(Methods.SUBSCRIBE, graph_id, position.describe(truncated))
+        ack = ack_frame(method, subscription.channel, position.describe(truncated))
         await self._acknowledge(ack)
-        subscription = Subscription(numbered=True, delivered=0)
         if request.since is not None:
-            await self._replay(
-                subscription, graph_id, position.replay_start(request.since), position.head
-            )
+            await self._replay(subscription, position.replay_start(request.since), position.head)
         else:
-            state = await database_sync_to_async(history.latest_state)(graph_id, position.head)
+            state = await database_sync_to_async(snapshot)(position.head)
             await self._send_events(subscription, state)
         subscription.delivered = position.head
-        return subscription
 
-    async def _replay(
-        self, subscription: Subscription, graph_id: str, after: int, until: int
-    ) -> None:
-        async for page in catchup.replay_pages(graph_id, after, until, self._ready_for_more):
+    async def _replay(self, subscription: Subscription, after: int, until: int) -> None:
+        pages = catchup.replay_pages(subscription.graph_id, after, until, self._ready_for_more)
+        async for page in pages:
             await self._send_events(subscription, page)
 
     async def _send_events(self, subscription: Subscription, events: Iterable[StoredEvent]) -> None:
         for event in events:
-            await self._send_event(subscription, event.seq, event.frame)
+            await self._send_event(subscription, event.seq, event.message())
 
-    async def _send_event(self, subscription: Subscription, seq: int, frame: str) -> None:
+    async def _send_event(
+        self, subscription: Subscription, seq: int, event: Mapping[str, Any]
+    ) -> None:
         if self._revoked is not None:
             return  # nothing more of any graph once the authentication has ended
-        if not self._write_directly(subscription, seq, frame):
-            text = numbered_frame(frame, seq) if subscription.numbered else frame
-            await self._server_send({"type": "websocket.send", "text": text})
-            self._sent(subscription, seq)
+        if not self._write_directly(subscription, seq, event):
+            text = self._text(subscription, seq, event)
+            if text is not None:
+                await self._server_send({"type": "websocket.send", "text": text})
+            self._sent(subscription, seq, text is not None)
 
-    def _write_directly(self, subscription: Subscription, seq: int, frame: str) -> bool:
-        """Write the frame straight to the socket; False when this connection cannot."""
+    def _write_directly(
+        self, subscription: Subscription, seq: int, event: Mapping[str, Any]
+    ) -> bool:
+        """Write the subscription's frame of an event straight to the socket (or pass an event
+        it does not show); False when this connection cannot."""
         frames = self._direct_frames
         if frames is None:
             return False
-        text = numbered_frame(frame, seq) if subscription.numbered else frame
-        if not frames.send_text(text):
+        text = self._text(subscription, seq, event)
+        if text is not None and not frames.send_text(text):
             return False
-        self._sent(subscription, seq)
+        self._sent(subscription, seq, text is not None)
         return True
 
     @staticmethod
-    def _sent(subscription: Subscription, seq: int) -> None:
+    def _text(subscription: Subscription, seq: int, event: Mapping[str, Any]) -> str | None:
+        frame = subscription.view.render(event)
+        if frame is None:
+            return None
+        return numbered_frame(frame, seq) if subscription.numbered else frame
+
+    @staticmethod
+    def _sent(subscription: Subscription, seq: int, framed: bool = True) -> None:
         subscription.delivered = seq
-        metrics.FRAMES_DELIVERED.inc()
+        if framed:
+            metrics.FRAMES_DELIVERED.inc()
 
     def _writable(self) -> bool:
         return self._pressure is None or self._pressure.writable.is_set()
@@ -449,10 +589,11 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     async def _drop_subscriptions(self) -> None:
         fanout = local_fanout(self.channel_layer)
-        for graph_id in self.subscriptions:
+        for graph_id in self._following:
             await fanout.discard(graph_id, self)
         metrics.SUBSCRIPTIONS.dec(len(self.subscriptions))
         self.subscriptions = {}
+        self._following = {}
 
     async def _admit(self, user_key: object) -> None:
         """Count the connection in, or close it when a connection limit is reached."""

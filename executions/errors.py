@@ -11,7 +11,16 @@ INGEST_DISABLED = (
 )
 
 # Path parts that name where ninja put the body or which branch of a union was tried.
-_NOT_FIELDS = {"body", "payload", "ExecutionResult", "list[ExecutionResult]"}
+# Parts of a pydantic error location that name no field: the body itself, a union's branch
+# (the model, the list of it) and the tags that pick a branch.
+_NOT_FIELDS = {"body", "payload", "result", "node_execution_update", "graph_execution_update"}
+_BRANCH_PREFIXES = ("tagged-union[", "list[tagged-union[", "ExecutionResult", "list[")
+
+
+def _names_a_field(part: Any) -> bool:
+    if not isinstance(part, str):
+        return True  # a list index
+    return part not in _NOT_FIELDS and not part.startswith(_BRANCH_PREFIXES)
 
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
@@ -23,7 +32,7 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
     if not errors:
         return "Invalid request body."
     deepest = max(errors, key=lambda error: len(error.get("loc", ())))
-    location = [str(part) for part in deepest.get("loc", ()) if part not in _NOT_FIELDS]
+    location = [str(part) for part in deepest.get("loc", ()) if _names_a_field(part)]
     where = ".".join(location) or "body"
     return f"Invalid request body: {where}: {deepest.get('msg', 'invalid value')}."
 

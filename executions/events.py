@@ -25,15 +25,23 @@ from executions.fanout import (
 )
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
-from executions.schemas import ExecutionResult
+from executions.schemas import (
+    PUBLISHABLE,
+    PUBLISHABLE_ADAPTER,
+    GraphExecutionEvent,
+    NodeExecutionEvent,
+    Publishable,
+)
 from executions.writers import writers
 
-ResultLike = ExecutionResult | Mapping[str, Any]
+# A result or one of AutoGPT's events, as a model or as its JSON data (told apart by
+# "event_type": "graph_execution_update", "node_execution_update", or none for a result).
+ResultLike = Publishable | Mapping[str, Any]
 
 
-def _validated(results: Iterable[ResultLike]) -> list[ExecutionResult]:
+def _validated(results: Iterable[ResultLike]) -> list[Publishable]:
     return [
-        result if isinstance(result, ExecutionResult) else ExecutionResult.model_validate(result)
+        result if isinstance(result, PUBLISHABLE) else PUBLISHABLE_ADAPTER.validate_python(result)
         for result in results
     ]
 
@@ -66,7 +74,7 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
         metrics.EVENTS_PUBLISHED.inc()
 
 
-def _store(results: list[ExecutionResult]) -> tuple[list[StoredEvent], bool]:
+def _store(results: list[Publishable]) -> tuple[list[StoredEvent], bool]:
     """Store results; return them and whether sending waits for an enclosing transaction."""
 
     stored = history.record(results)
@@ -123,3 +131,32 @@ def send_execution_result_sync(result: ResultLike) -> int:
     """The same as send_execution_result, for synchronous code."""
     (seq,) = send_execution_results_sync([result])
     return seq
+
+
+async def send_node_execution_event(event: NodeExecutionEvent | Mapping[str, Any]) -> int:
+    """Store AutoGPT's node execution event and send it; return its number in its graph.
+
+    Subscribers of its execution get it as ``node_execution_event``, subscribers of its graph
+    (the original protocol) as ``execution_event``, like a result published with
+    send_execution_result.
+    """
+    return await send_execution_result(NodeExecutionEvent.model_validate(event))
+
+
+def send_node_execution_event_sync(event: NodeExecutionEvent | Mapping[str, Any]) -> int:
+    """The same as send_node_execution_event, for synchronous code."""
+    return send_execution_result_sync(NodeExecutionEvent.model_validate(event))
+
+
+async def send_graph_execution_event(event: GraphExecutionEvent | Mapping[str, Any]) -> int:
+    """Store AutoGPT's graph execution event and send it; return its number in its graph.
+
+    Subscribers of its execution and of all its graph's executions get it as
+    ``graph_execution_event``; the original protocol's subscribers do not.
+    """
+    return await send_execution_result(GraphExecutionEvent.model_validate(event))
+
+
+def send_graph_execution_event_sync(event: GraphExecutionEvent | Mapping[str, Any]) -> int:
+    """The same as send_graph_execution_event, for synchronous code."""
+    return send_execution_result_sync(GraphExecutionEvent.model_validate(event))

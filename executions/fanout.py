@@ -40,13 +40,7 @@ YIELD_EVERY = 64
 
 def layer_event(event: StoredEvent) -> dict[str, Any]:
     """The channel-layer message for a stored event: its frame, serialized once for all."""
-    return {
-        "type": EXECUTION_RESULT_EVENT,
-        "graph_id": event.graph_id,
-        "seq": event.seq,
-        "frame": event.frame,
-        "published_at": time.time(),
-    }
+    return {"type": EXECUTION_RESULT_EVENT, **event.message(), "published_at": time.time()}
 
 
 class Receiver(Protocol):

@@ -14,8 +14,16 @@ from django.db import connection, transaction
 from django.db.models import Field, Max, Min, Model
 from django.utils import timezone
 
+from executions.channels import Kind
 from executions.models import ExecutionEvent, GraphStream
-from executions.schemas import ExecutionResult, execution_event_frame
+from executions.schemas import (
+    GraphExecutionEvent,
+    Methods,
+    NodeExecutionEvent,
+    Publishable,
+    WsMessage,
+    execution_event_frame,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +31,56 @@ class StoredEvent:
     graph_id: str
     seq: int
     frame: str
+    kind: str = Kind.RESULT
+    graph_exec_id: str = ""
+    user_id: str = ""  # of a node event published with one; empty for the others
 
     def result(self) -> dict[str, Any]:
-        """The execution result, as JSON data, that the frame carries."""
+        """The execution result (or graph event), as JSON data, that the frame carries."""
         data: dict[str, Any] = json.loads(self.frame)["data"]
         return data
+
+    def message(self) -> dict[str, Any]:
+        """The event as the fan-out hands it out (see fanout.layer_event)."""
+        return {
+            "graph_id": self.graph_id,
+            "seq": self.seq,
+            "frame": self.frame,
+            "kind": self.kind,
+            "graph_exec_id": self.graph_exec_id,
+            "user_id": self.user_id,
+        }
+
+
+# The columns a StoredEvent is read back from, after graph_id.
+_STORED_COLUMNS = ("seq", "frame", "kind", "graph_exec_id", "user_id")
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """What is stored of one published item besides its graph and number."""
+
+    graph_exec_id: str
+    node_id: str
+    status: str
+    kind: str
+    user_id: str
+    frame: str
+
+
+def _entry(item: Publishable) -> _Entry:
+    if isinstance(item, GraphExecutionEvent):
+        frame = WsMessage(
+            method=Methods.GRAPH_EXECUTION_EVENT, data=item.model_dump()
+        ).model_dump_json()
+        return _Entry(item.id, "", item.status.value, Kind.GRAPH, item.user_id, frame)
+    if isinstance(item, NodeExecutionEvent):
+        frame = execution_event_frame(item.result())
+        return _Entry(
+            item.graph_exec_id, item.node_id, item.status.value, Kind.NODE, item.user_id, frame
+        )
+    frame = execution_event_frame(item)
+    return _Entry(item.graph_exec_id, item.node_id, item.status.value, Kind.RESULT, "", frame)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +106,8 @@ class StreamPosition:
         return {"head": self.head, "oldest": self.oldest, "truncated": truncated}
 
 
-def record(results: Sequence[ExecutionResult]) -> list[StoredEvent]:
-    """Number and store results inside the caller's transaction (or a new one).
+def record(results: Sequence[Publishable]) -> list[StoredEvent]:
+    """Number and store results and events inside the caller's transaction (or a new one).
 
     Returns the stored events in the order of `results`; each graph's numbers follow that order.
     This is every publish's hot path, so it speaks SQL directly: two statements per graph
@@ -67,17 +120,21 @@ def record(results: Sequence[ExecutionResult]) -> list[StoredEvent]:
             first = _reserve(cursor, graph_id, len(positions))
             rows = []
             for offset, index in enumerate(positions):
-                result = results[index]
-                event = StoredEvent(graph_id, first + offset, execution_event_frame(result))
-                stored[index] = event
+                entry = _entry(results[index])
+                seq = first + offset
+                stored[index] = StoredEvent(
+                    graph_id, seq, entry.frame, entry.kind, entry.graph_exec_id, entry.user_id
+                )
                 rows.append(
                     (
                         graph_id,
-                        event.seq,
-                        result.graph_exec_id,
-                        result.node_id,
-                        result.status.value,
-                        event.frame,
+                        seq,
+                        entry.graph_exec_id,
+                        entry.node_id,
+                        entry.status,
+                        entry.kind,
+                        entry.user_id,
+                        entry.frame,
                         created_at,
                     )
                 )
@@ -85,7 +142,7 @@ def record(results: Sequence[ExecutionResult]) -> list[StoredEvent]:
     return [stored[index] for index in range(len(results))]
 
 
-def _positions_by_graph(results: Sequence[ExecutionResult]) -> list[tuple[str, list[int]]]:
+def _positions_by_graph(results: Sequence[Publishable]) -> list[tuple[str, list[int]]]:
     positions: dict[str, list[int]] = {}
     for index, result in enumerate(results):
         positions.setdefault(result.graph_id, []).append(index)
@@ -117,7 +174,17 @@ def _reserve_sql() -> str:
     )
 
 
-_EVENT_COLUMNS = ("graph_id", "seq", "graph_exec_id", "node_id", "status", "frame", "created_at")
+_EVENT_COLUMNS = (
+    "graph_id",
+    "seq",
+    "graph_exec_id",
+    "node_id",
+    "status",
+    "kind",
+    "user_id",
+    "frame",
+    "created_at",
+)
 
 
 @cache
@@ -157,29 +224,57 @@ def events_after(
     events = ExecutionEvent.objects.filter(graph_id=graph_id, seq__gt=since)
     if until is not None:
         events = events.filter(seq__lte=until)
-    rows = events.order_by("seq").values_list("seq", "frame")[:limit]
-    return [StoredEvent(graph_id, seq, frame) for seq, frame in rows]
+    rows = events.order_by("seq").values_list(*_STORED_COLUMNS)[:limit]
+    return [StoredEvent(graph_id, *row) for row in rows]
 
 
-def latest_state(graph_id: str, until: int) -> list[StoredEvent]:
-    """The latest event of every node of the graph's most recent execution, in seq order.
+def latest_state(graph_id: str, until: int, graph_exec_id: str | None = None) -> list[StoredEvent]:
+    """The latest event of every node of one execution, in seq order: of `graph_exec_id`, or
+    of the graph's most recent execution. The execution's own latest graph event counts as one
+    more node (its node_id is empty).
 
     Only events numbered up to `until` count, so the state matches a known head.
     """
-    newest = (
-        ExecutionEvent.objects.filter(graph_id=graph_id, seq__lte=until)
-        .order_by("-seq")
-        .values_list("graph_exec_id", flat=True)
-        .first()
-    )
-    if newest is None:
-        return []
+    if graph_exec_id is None:
+        graph_exec_id = (
+            ExecutionEvent.objects.filter(graph_id=graph_id, seq__lte=until)
+            .order_by("-seq")
+            .values_list("graph_exec_id", flat=True)
+            .first()
+        )
+        if graph_exec_id is None:
+            return []
     of_execution = ExecutionEvent.objects.filter(
-        graph_id=graph_id, graph_exec_id=newest, seq__lte=until
+        graph_id=graph_id, graph_exec_id=graph_exec_id, seq__lte=until
     )
     latest_per_node = of_execution.values("node_id").annotate(latest=Max("seq")).values("latest")
-    rows = of_execution.filter(seq__in=latest_per_node).order_by("seq").values_list("seq", "frame")
-    return [StoredEvent(graph_id, seq, frame) for seq, frame in rows]
+    rows = (
+        of_execution.filter(seq__in=latest_per_node).order_by("seq").values_list(*_STORED_COLUMNS)
+    )
+    return [StoredEvent(graph_id, *row) for row in rows]
+
+
+# Executions a graph-wide snapshot (subscribe_graph_executions) shows at most: the latest ones.
+LATEST_RUNS_LIMIT = 100
+
+
+def latest_runs(graph_id: str, until: int) -> list[StoredEvent]:
+    """The latest graph event of each of the graph's most recent executions, in seq order."""
+    runs = ExecutionEvent.objects.filter(graph_id=graph_id, kind=Kind.GRAPH, seq__lte=until)
+    latest_per_run = runs.values("graph_exec_id").annotate(latest=Max("seq")).order_by("-latest")
+    newest = sorted(row["latest"] for row in latest_per_run[:LATEST_RUNS_LIMIT])
+    rows = runs.filter(seq__in=newest).order_by("seq").values_list(*_STORED_COLUMNS)
+    return [StoredEvent(graph_id, *row) for row in rows]
+
+
+def execution_graph(graph_exec_id: str) -> str | None:
+    """The graph an execution belongs to: that of its first stored event; None if none is."""
+    return (
+        ExecutionEvent.objects.filter(graph_exec_id=graph_exec_id)
+        .order_by("seq")
+        .values_list("graph_id", flat=True)
+        .first()
+    )
 
 
 @dataclass(frozen=True)

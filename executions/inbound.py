@@ -6,7 +6,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from executions.protocol import ErrorText, ProtocolViolation
-from executions.schemas import ClientMessage, SubscriptionRequest
+from executions.schemas import ClientMessage, ExecutionSubscriptionRequest, SubscriptionRequest
 
 
 def decode_client_message(text: str) -> ClientMessage:
@@ -44,6 +44,19 @@ def subscription_request(message: ClientMessage) -> SubscriptionRequest:
         ) from exc
 
 
+def execution_subscription_request(message: ClientMessage) -> ExecutionSubscriptionRequest:
+    """Validate the data of a subscribe_graph_execution (or an unsubscribe naming an execution)."""
+    data = message.data
+    if not data or not isinstance(data, dict) or "graph_exec_id" not in data:
+        raise ProtocolViolation("subscription_data_missing", ErrorText.SUBSCRIPTION_DATA_MISSING)
+    try:
+        return ExecutionSubscriptionRequest.model_validate(data)
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+        error = _FIELD_ERRORS.get(field, ErrorText.INVALID_GRAPH_EXEC_ID)
+        raise ProtocolViolation("invalid_subscription", error) from exc
+
+
 def _named_graph_id(data: Any) -> str | None:
     """Return the graph id a frame names, when it is one the protocol could accept."""
     if not isinstance(data, dict):
@@ -56,6 +69,7 @@ def _named_graph_id(data: Any) -> str | None:
 
 _FIELD_ERRORS = {
     "graph_id": ErrorText.INVALID_GRAPH_ID,
+    "graph_exec_id": ErrorText.INVALID_GRAPH_EXEC_ID,
     "since": ErrorText.INVALID_SINCE,
     "snapshot": ErrorText.INVALID_SNAPSHOT,
 }

@@ -27,13 +27,14 @@ from executions.errors import (
 )
 from executions.events import send_execution_results
 from executions.exceptions import PublishNotDelivered
-from executions.schemas import ExecutionResult
+from executions.schemas import Publishable, TaggedPublishable
 from executions.scope import bearer_token, declares_more_than, header, path_info
 
 INGEST_URL_NAME = "ingest"
 API_NAMESPACE = "executions-api"
-_payload: TypeAdapter[ExecutionResult | list[ExecutionResult]] = TypeAdapter(
-    ExecutionResult | list[ExecutionResult]
+# One item or a list: results, AutoGPT's node and graph execution events, mixed at will.
+_payload: TypeAdapter[Publishable | list[Publishable]] = TypeAdapter(
+    TaggedPublishable | list[TaggedPublishable]
 )
 
 Reply = tuple[int, dict[str, Any]]

@@ -36,14 +36,22 @@ class GraphStream(models.Model):
 
 
 class ExecutionEvent(models.Model):
-    """One published execution result, numbered within its graph, kept for replay."""
+    """One published event, numbered within its graph, kept for replay.
+
+    A graph's stream holds node results (kind "result", or "node" when published as AutoGPT's
+    node execution event, with its user_id) and AutoGPT's graph execution events ("graph",
+    node_id empty). Each subscription shows its part of the stream (executions.channels).
+    """
 
     graph_id = models.CharField(max_length=MAX_GRAPH_ID_LENGTH)
     seq = models.BigIntegerField()
     graph_exec_id = models.TextField()
     node_id = models.TextField()
     status = models.CharField(max_length=16)
-    # The frame exactly as live subscribers received it, so a replay is byte-identical.
+    kind = models.CharField(max_length=8, default="result")
+    user_id = models.TextField(blank=True, default="")
+    # The frame exactly as live subscribers received it, so a replay is byte-identical: the
+    # original protocol's for node results, AutoGPT's (channel null) for graph events.
     frame = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -58,6 +66,8 @@ class ExecutionEvent(models.Model):
                 fields=["graph_id", "graph_exec_id", "node_id", "seq"],
                 name="execution_event_node_latest",
             ),
+            # The graph an execution belongs to (subscribe_graph_execution).
+            models.Index(fields=["graph_exec_id", "seq"], name="execution_event_exec"),
             # Retention by age.
             models.Index(fields=["created_at"], name="execution_event_created"),
         ]

@@ -10,3 +10,9 @@ def owner_may_subscribe(user: Any, graph_id: str) -> bool:
     if not user.is_authenticated:
         return False
     return Graph.objects.filter(pk=graph_id, owner_id=user.pk).exists()
+
+
+def graph_owner_id(graph_id: str) -> str | None:
+    """The owner of a registered graph, as AutoGPT's events spell a user_id; None if unknown."""
+    owner = Graph.objects.filter(pk=graph_id).values_list("owner_id", flat=True).first()
+    return None if owner is None else str(owner)

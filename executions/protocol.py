@@ -33,10 +33,16 @@ class ErrorText:
         "graph_id must be a non-empty string of at most 255 characters, "
         "without NUL or lone surrogates."
     )
+    INVALID_GRAPH_EXEC_ID = (
+        "graph_exec_id must be a non-empty string of at most 255 characters, "
+        "without NUL or lone surrogates."
+    )
     INVALID_SINCE = "since must be a non-negative integer (a sequence number)."
     INVALID_SNAPSHOT = "snapshot must be true or false."
     NOT_PROCESSED = "Message type is not processed by the server"
     NOT_ALLOWED = "Not allowed to subscribe to this graph."
+    # The same for an execution that does not exist and one of a graph the user may not see.
+    NO_SUCH_EXECUTION = "Graph execution not found."
     MISSING_TOKEN = "Missing authentication token"
     # Why an open connection loses its authentication (close 4001, after an error frame).
     TOKEN_EXPIRED = "Token expired"
@@ -75,7 +81,7 @@ def close_reason(text: str) -> str:
     return encoded[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
 
 
-def ack_frame(method: Methods, channel: str, data: dict[str, Any] | None = None) -> str:
+def ack_frame(method: Methods, channel: str | None, data: dict[str, Any] | None = None) -> str:
     return WsMessage(method=method, data=data, success=True, channel=channel).model_dump_json()
 
 

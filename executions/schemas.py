@@ -2,16 +2,19 @@
 
 from datetime import datetime
 from enum import Enum, StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictInt,
     StrictStr,
+    Tag,
+    TypeAdapter,
 )
 
 MAX_GRAPH_ID_LENGTH = 255
@@ -44,6 +47,7 @@ class ExecutionStatus(StrEnum):
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
+    TERMINATED = "TERMINATED"
     FAILED = "FAILED"
 
 
@@ -65,12 +69,116 @@ class ExecutionResult(BaseModel):
     end_time: datetime | None
 
 
+class UserScoped(BaseModel):
+    """The owner of an execution, first in AutoGPT's event models."""
+
+    user_id: StoredId
+
+
+class ExecutionEventType(StrEnum):
+    GRAPH_EXEC_UPDATE = "graph_execution_update"
+    NODE_EXEC_UPDATE = "node_execution_update"
+
+
+class NodeExecutionEvent(ExecutionResult, UserScoped):
+    """AutoGPT's node execution event: a result with its owner's id and the event type.
+
+    Fields in AutoGPT's order: user_id, then the result's fields, then event_type (pydantic
+    takes the bases' fields from the last base to the first).
+    """
+
+    event_type: Literal[ExecutionEventType.NODE_EXEC_UPDATE] = ExecutionEventType.NODE_EXEC_UPDATE
+
+    def result(self) -> ExecutionResult:
+        """The same node execution as the original protocol carries it."""
+        return ExecutionResult.model_validate(self.model_dump(exclude={"user_id", "event_type"}))
+
+
+class CredentialsMetaInput(BaseModel):
+    id: str
+    title: str | None = None
+    provider: str
+    type: str
+
+
+class GraphExecutionStats(BaseModel):
+    """A graph execution's totals, as AutoGPT reports them (and whatever else it adds)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    # Integer defaults on float fields on purpose: unset, they serialize as 0, as AutoGPT's do.
+    cost: int = 0
+    duration: float = 0
+    duration_cpu_only: float = 0
+    node_exec_time: float = 0
+    node_exec_time_cpu_only: float = 0
+    node_exec_count: int = 0
+    node_error_count: int = 0
+    error: str | None = None
+    activity_status: str | None = None
+    correctness_score: float | None = None
+
+
+class GraphExecutionEvent(BaseModel):
+    """AutoGPT's graph execution event: one run of a graph, its status, inputs and outputs."""
+
+    id: Annotated[StoredId, Field(min_length=1, max_length=MAX_GRAPH_ID_LENGTH)]
+    user_id: StoredId
+    graph_id: GraphId
+    graph_version: int
+    inputs: dict[str, Any]
+    credential_inputs: dict[str, CredentialsMetaInput] | None = None
+    nodes_input_masks: dict[str, dict[str, Any]] | None = None
+    preset_id: str | None = None
+    status: ExecutionStatus
+    started_at: datetime
+    ended_at: datetime
+    is_shared: bool = False
+    share_token: str | None = None
+    stats: GraphExecutionStats | None = None
+    outputs: dict[str, list[Any]]
+    event_type: Literal[ExecutionEventType.GRAPH_EXEC_UPDATE] = ExecutionEventType.GRAPH_EXEC_UPDATE
+
+    @property
+    def graph_exec_id(self) -> str:
+        return self.id
+
+
+# What a publisher may send: a result (original protocol) or one of AutoGPT's events.
+Publishable = ExecutionResult | NodeExecutionEvent | GraphExecutionEvent
+PUBLISHABLE = (ExecutionResult, NodeExecutionEvent, GraphExecutionEvent)
+
+
+def _publishable_kind(value: Any) -> str:
+    """The tag of a publishable item: its event_type (an unknown one fails), else "result"."""
+    if isinstance(value, dict):
+        event_type = value.get("event_type")
+    else:
+        event_type = getattr(value, "event_type", None)
+    return "result" if event_type is None else str(event_type)
+
+
+# Validates JSON data as the model its "event_type" names (a result when there is none).
+TaggedPublishable = Annotated[
+    Annotated[ExecutionResult, Tag("result")]
+    | Annotated[NodeExecutionEvent, Tag(ExecutionEventType.NODE_EXEC_UPDATE.value)]
+    | Annotated[GraphExecutionEvent, Tag(ExecutionEventType.GRAPH_EXEC_UPDATE.value)],
+    Discriminator(_publishable_kind),
+]
+PUBLISHABLE_ADAPTER: TypeAdapter[Publishable] = TypeAdapter(TaggedPublishable)
+
+
 class Methods(Enum):
     SUBSCRIBE = "subscribe"
     UNSUBSCRIBE = "unsubscribe"
     EXECUTION_EVENT = "execution_event"
     HEARTBEAT = "heartbeat"
     ERROR = "error"
+    # AutoGPT's current protocol, on the same connection.
+    SUBSCRIBE_GRAPH_EXEC = "subscribe_graph_execution"
+    SUBSCRIBE_GRAPH_EXECS = "subscribe_graph_executions"
+    GRAPH_EXECUTION_EVENT = "graph_execution_event"
+    NODE_EXECUTION_EVENT = "node_execution_event"
 
 
 class WsMessage(BaseModel):
@@ -83,6 +191,16 @@ class WsMessage(BaseModel):
     error: str | None = None
 
 
+class Resumable(Protocol):
+    """A subscription request's way to start: after a number, from a snapshot, or live."""
+
+    since: int | None
+    snapshot: bool
+
+    @property
+    def numbered(self) -> bool: ...
+
+
 class SubscriptionRequest(BaseModel):
     """The ``data`` of a subscribe or unsubscribe message.
 
@@ -93,6 +211,24 @@ class SubscriptionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     graph_id: GraphId
+    since: Annotated[StrictInt, Field(ge=0)] | None = None
+    snapshot: StrictBool = False
+
+    @property
+    def numbered(self) -> bool:
+        return self.since is not None or self.snapshot
+
+
+class ExecutionSubscriptionRequest(BaseModel):
+    """The ``data`` of subscribe_graph_execution (and of an unsubscribe that names an execution).
+
+    AutoGPT's request is ``{"graph_exec_id"}``; ``since`` and ``snapshot`` work as in
+    SubscriptionRequest, numbering the execution's events with its graph's sequence numbers.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    graph_exec_id: GraphId
     since: Annotated[StrictInt, Field(ge=0)] | None = None
     snapshot: StrictBool = False
 
