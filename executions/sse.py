@@ -6,6 +6,10 @@
     event: execution_event
     data: <the WebSocket frame the subscriber would get, without "seq">
 
+``GET <api>/executions/<graph_exec_id>/events`` follows one execution as AutoGPT's
+``subscribe_graph_execution`` does: ``event: node_execution_event`` or ``graph_execution_event``,
+``data:`` that frame (channel ``{user_id}|graph_exec#{graph_exec_id}``), ``id:`` its graph's seq.
+
 ``Last-Event-ID`` (which browsers send when they reconnect) or ``?since=N`` resumes exactly after
 N from the history, then follows live; without either the stream is live from now. Events removed
 by retention are reported as ``event: gap`` with ``{"requested_since", "head", "oldest"}``, and
@@ -34,19 +38,19 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
 
-from executions import catchup, conf, history, metrics, revocation
+from executions import catchup, conf, history, metrics, policy, revocation
 from executions.catchup import on_shared_thread
+from executions.channels import ExecutionView, GraphView, View, execution_channel
 from executions.errors import BAD_CREDENTIALS
 from executions.exceptions import ExecutionsError
 from executions.fanout import local_fanout
 from executions.outbox import Backlog
 from executions.protocol import ErrorText
 from executions.revocation import TOKEN_KEY
-from executions.schemas import MAX_GRAPH_ID_LENGTH, Methods
+from executions.schemas import MAX_GRAPH_ID_LENGTH
 from executions.scope import bearer_token
 from executions.tokens import verify_token
 
-EVENT_NAME = Methods.EXECUTION_EVENT.value
 HEARTBEAT = b": heartbeat\n\n"
 OPENING = b": connected\n\n"
 SLOW_READER = (
@@ -62,8 +66,22 @@ def sse_event(data: str, event: str, event_id: int | None = None) -> bytes:
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def result_event(event: history.StoredEvent) -> bytes:
-    return sse_event(event.frame, EVENT_NAME, event.seq)
+_METHOD_START = len('{"method":"')
+
+
+def stream_event(frame: str, seq: int) -> bytes:
+    """A frame as an event named by its method (every frame starts with it)."""
+    return sse_event(frame, frame[_METHOD_START : frame.index('"', _METHOD_START)], seq)
+
+
+def _shown(view: View, events: list[history.StoredEvent]) -> bytes:
+    """The events of a page (of a replay, of a gap) that the view shows, as SSE events."""
+    chunks = []
+    for event in events:
+        frame = view.render(event.message())
+        if frame is not None:
+            chunks.append(stream_event(frame, event.seq))
+    return b"".join(chunks)
 
 
 def _compact(data: dict[str, Any]) -> str:
@@ -145,18 +163,48 @@ async def graph_events(request: HttpRequest, graph_id: str) -> HttpResponseBase:
     )
     if not allowed:
         return _error(403, "Not allowed to read this graph.")
+    return _event_stream(request, graph_id, GraphView(), scope)
+
+
+@require_GET
+async def execution_events(request: HttpRequest, graph_exec_id: str) -> HttpResponseBase:
+    """One execution's events, as AutoGPT's subscribe_graph_execution sends them."""
+    scope = await _authenticated(request)
+    if scope is None:
+        return _error(401, BAD_CREDENTIALS)
+    graph_id = None
+    if len(graph_exec_id) <= MAX_GRAPH_ID_LENGTH:
+        graph_id = await on_shared_thread(history.execution_graph, graph_exec_id)
+    allowed = graph_id is not None and await on_shared_thread(
+        conf.subscribe_policy(), scope["user"], graph_id
+    )
+    # Another user's execution is answered exactly as one that does not exist.
+    if graph_id is None or not allowed:
+        return _error(404, "Graph execution not found.")
+    user_id = str(scope["user"].pk)
+    owner_id = await on_shared_thread(policy.graph_owner_id, graph_id)
+    channel = execution_channel(user_id, graph_exec_id)
+    view = ExecutionView(graph_exec_id, channel, owner_id or user_id)
+    return _event_stream(request, graph_id, view, scope)
+
+
+def _event_stream(
+    request: HttpRequest, graph_id: str, view: View, scope: dict[str, Any]
+) -> HttpResponseBase:
     since = _since(request)
     if isinstance(since, str):
         return _error(400, since)
     response = StreamingHttpResponse(
-        _stream(graph_id, since, scope), content_type="text/event-stream; charset=utf-8"
+        _stream(graph_id, view, since, scope), content_type="text/event-stream; charset=utf-8"
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     return response
 
 
-async def _stream(graph_id: str, since: int | None, scope: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _stream(
+    graph_id: str, view: View, since: int | None, scope: dict[str, Any]
+) -> AsyncIterator[bytes]:
     fanout = local_fanout(get_channel_layer())
     receiver = StreamReceiver()
     backlog = receiver.backlog
@@ -181,7 +229,7 @@ async def _stream(graph_id: str, since: int | None, scope: dict[str, Any]) -> As
                 yield gap_event(since, position)
             start = position.replay_start(since)
             async for page in catchup.replay_pages(graph_id, start, position.head, receiver.open):
-                yield b"".join(result_event(event) for event in page)
+                yield _shown(view, page)
         heartbeat = float(conf.get("EXECUTIONS_SSE_HEARTBEAT_SECONDS"))
         while True:
             if receiver.revoked is not None:
@@ -203,8 +251,12 @@ async def _stream(graph_id: str, since: int | None, scope: dict[str, Any]) -> As
             if seq <= delivered:
                 continue
             missing = await catchup.missing_before(graph_id, delivered, seq)
-            chunk = b"".join(result_event(event) for event in missing)
-            yield chunk + result_event(history.StoredEvent(graph_id, seq, live["frame"]))
+            frame = view.render(live)
+            chunk = _shown(view, missing)
+            if frame is not None:
+                chunk += stream_event(frame, seq)
+            if chunk:
+                yield chunk
             delivered = seq
     finally:
         if expiry is not None:

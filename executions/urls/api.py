@@ -8,9 +8,14 @@ hold ``/`` (even ``/events``) without one route taking the other's requests.
 from django.urls import path
 
 from executions.api import api
-from executions.sse import graph_events
+from executions.sse import execution_events, graph_events
 
 urlpatterns = [
     path("graphs/<path:graph_id>/events", graph_events, name="executions-graph-events"),
+    path(
+        "executions/<path:graph_exec_id>/events",
+        execution_events,
+        name="executions-execution-events",
+    ),
     path("", api.urls),
 ]
