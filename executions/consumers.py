@@ -364,13 +364,14 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         data = message.data
         if isinstance(data, dict) and "graph_id" not in data:
             if "graph_exec_id" in data:
-                request = execution_subscription_request(message)
-                ended = await self._unfollow(("execution", request.graph_exec_id))
-                channel = ended.channel if ended is not None else None
+                graph_exec_id = execution_subscription_request(message).graph_exec_id
+                await self._unfollow(("execution", graph_exec_id))
+                channel = execution_channel(self._user_id(), graph_exec_id)
                 await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, channel))
                 return
-            if isinstance(data.get("channel"), str):
-                await self._unsubscribe_channel(data["channel"])
+            channel = data.get("channel")
+            if isinstance(channel, str) and channel:
+                await self._unsubscribe_channel(channel)
                 return
         graph_id = subscription_request(message).graph_id
         await self._unfollow(("graph", graph_id))
@@ -380,9 +381,8 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         for key, subscription in tuple(self.subscriptions.items()):
             if key[0] != "graph" and subscription.channel == channel:
                 await self._unfollow(key)
-                await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, channel))
-                return
-        await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, None))
+                break
+        await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, channel))
 
     def _user_id(self) -> str:
         """The connection's user, as AutoGPT's channel names spell it."""

@@ -84,7 +84,14 @@ DOCUMENTED_CLOSES = {
     CloseCode.RATE_LIMITED: _template_pattern(ErrorText.RATE_LIMIT_ABUSED),
 }
 
-REPLY_METHODS = {Methods.SUBSCRIBE, Methods.UNSUBSCRIBE, Methods.HEARTBEAT, Methods.ERROR}
+REPLY_METHODS = {
+    Methods.SUBSCRIBE,
+    Methods.SUBSCRIBE_GRAPH_EXEC,
+    Methods.SUBSCRIBE_GRAPH_EXECS,
+    Methods.UNSUBSCRIBE,
+    Methods.HEARTBEAT,
+    Methods.ERROR,
+}
 
 
 def check_reply(text: str) -> WsMessage:
