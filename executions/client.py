@@ -88,8 +88,15 @@ try:
 except ImportError as missing:
     raise MissingExtra("client", "The Python client (executions.client)") from missing
 
+from executions.channels import execution_channel
 from executions.protocol import CloseCode, ErrorText
-from executions.schemas import ExecutionResult, SubscriptionRequest
+from executions.schemas import (
+    ExecutionResult,
+    ExecutionSubscriptionRequest,
+    GraphExecutionEvent,
+    NodeExecutionEvent,
+    SubscriptionRequest,
+)
 
 __all__ = [
     "AuthenticationFailed",
@@ -97,6 +104,7 @@ __all__ = [
     "ConnectionLost",
     "ConnectionState",
     "ExecutionStream",
+    "ExecutionSubscription",
     "Gap",
     "ProtocolError",
     "Reconnect",
@@ -172,12 +180,15 @@ class ProtocolError(ClientError):
 
 
 class SubscriptionRefused(ClientError):
-    """The server does not let this user follow the graph (whether or not it exists)."""
+    """The server does not let this user follow the graph or execution (whether or not it
+    exists); ``graph_id`` is what was asked for: the graph id, or the execution id."""
 
-    def __init__(self, graph_id: str, reason: str = ErrorText.NOT_ALLOWED) -> None:
+    def __init__(
+        self, graph_id: str, reason: str = ErrorText.NOT_ALLOWED, what: str = "graph"
+    ) -> None:
         self.graph_id = graph_id
         self.reason = reason
-        super().__init__(f"Subscription to graph {graph_id!r} refused: {reason}")
+        super().__init__(f"Subscription to {what} {graph_id!r} refused: {reason}")
 
 
 class ConnectionLost(ClientError):
@@ -293,16 +304,23 @@ class Subscription:
     unsubscribe before the stream closes.
     """
 
+    # The request that starts it, and the event frames it takes.
+    _method: str = "subscribe"
+    _kind: str = "graph"
+
     def __init__(
-        self, stream: "ExecutionStream", request: SubscriptionRequest, max_buffered: int
+        self,
+        stream: "ExecutionStream",
+        request: SubscriptionRequest | ExecutionSubscriptionRequest,
+        max_buffered: int,
     ) -> None:
-        self.graph_id: str = request.graph_id
+        self.graph_id: str = getattr(request, "graph_id", "")
         self.position: int | None = request.since
         self.head: int | None = None
         self.gaps: list[Gap] = []
         self._stream = stream
         self._live_only = request.since is None and not request.snapshot
-        self._queue: asyncio.Queue[tuple[int, ExecutionResult] | None] = asyncio.Queue(max_buffered)
+        self._queue: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue(max_buffered)
         self._ending: BaseException | None = None
         # The last seq received from the server: where a reconnect resumes (None: not yet known).
         self._received: int | None = request.since
@@ -315,10 +333,32 @@ class Subscription:
     def __repr__(self) -> str:
         return f"<Subscription {self.graph_id!r} position={self.position}>"
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """What the stream knows it by: the kind of subscription and the id it follows."""
+        return (self._kind, self._target_id)
+
+    @property
+    def _target_id(self) -> str:
+        return self.graph_id
+
+    def _target(self) -> dict[str, Any]:
+        """The request data that names what is followed (also that of the unsubscribe)."""
+        return {"graph_id": self.graph_id}
+
+    def _item(self, method: str, data: Any) -> Any:
+        """The validated item an event frame carries (raises ValidationError)."""
+        return ExecutionResult.model_validate(data)
+
+    def _refusal(self, error: str) -> ClientError:
+        if error == ErrorText.NOT_ALLOWED:
+            return SubscriptionRefused(self._target_id, error)
+        return ProtocolError(error, self._target_id)
+
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> ExecutionResult:
+    async def __anext__(self) -> Any:
         while True:
             if self._ending is not None and self._queue.empty():
                 if isinstance(self._ending, _Ended):
@@ -363,22 +403,22 @@ class Subscription:
         )
         if self._received is None or snapshot_unfinished:
             self._requested_since = None
-            return {"graph_id": self.graph_id, "snapshot": True}
+            return {**self._target(), "snapshot": True}
         self._requested_since = self._received
-        return {"graph_id": self.graph_id, "since": self._received}
+        return {**self._target(), "since": self._received}
 
     def _on_ack(self, head: int, oldest: int, truncated: bool) -> None:
         self.head = head
         since = self._requested_since
         if since is not None:
             if truncated:
-                gap = Gap(self.graph_id, since, oldest, head)
+                gap = Gap(self._target_id, since, oldest, head)
                 self.gaps.append(gap)
                 if gap.reset:
                     logger.warning(
                         "Graph %r: resuming after #%d, but the server's history ends at #%d: "
                         "it was reset; replaying what it retains from #%d.",
-                        self.graph_id,
+                        self._target_id,
                         since,
                         head,
                         oldest,
@@ -388,7 +428,7 @@ class Subscription:
                     logger.warning(
                         "Graph %r: events #%d to #%d are no longer retained by the server and "
                         "were missed.",
-                        self.graph_id,
+                        self._target_id,
                         since + 1,
                         oldest - 1,
                     )
@@ -416,6 +456,65 @@ class Subscription:
         return True
 
 
+class ExecutionSubscription(Subscription):
+    """One execution's events, as AutoGPT's protocol sends them: an async iterator of
+    ``NodeExecutionEvent`` (node results, whichever way they were published) and
+    ``GraphExecutionEvent`` (the run's own status, inputs and outputs).
+
+    Numbered with the sequence numbers of the execution's graph: ``position`` and resuming work
+    as for a graph's Subscription. ``graph_id`` is known once an event has arrived.
+    """
+
+    _method = "subscribe_graph_execution"
+    _kind = "execution"
+
+    def __init__(
+        self, stream: "ExecutionStream", request: ExecutionSubscriptionRequest, max_buffered: int
+    ) -> None:
+        super().__init__(stream, request, max_buffered)
+        self.graph_exec_id: str = request.graph_exec_id
+
+    def __repr__(self) -> str:
+        return f"<ExecutionSubscription {self.graph_exec_id!r} position={self.position}>"
+
+    @property
+    def _target_id(self) -> str:
+        return self.graph_exec_id
+
+    def _target(self) -> dict[str, Any]:
+        return {"graph_exec_id": self.graph_exec_id}
+
+    def _item(self, method: str, data: Any) -> Any:
+        model = GraphExecutionEvent if method == "graph_execution_event" else NodeExecutionEvent
+        item = model.model_validate(data)
+        self.graph_id = item.graph_id
+        return item
+
+    def _refusal(self, error: str) -> ClientError:
+        if error == ErrorText.NO_SUCH_EXECUTION:
+            return SubscriptionRefused(self.graph_exec_id, error, what="execution")
+        return ProtocolError(error, self.graph_exec_id)
+
+
+# Event frames, by method: the kind of subscription they are for.
+_EVENT_KINDS: Final = {
+    "execution_event": "graph",
+    "node_execution_event": "execution",
+    "graph_execution_event": "execution",
+}
+# Acknowledgements, by method: the kind of subscription they answer.
+_ACK_KINDS: Final = {"subscribe": "graph", "subscribe_graph_execution": "execution"}
+_EXECUTION_CHANNEL_MARK: Final = execution_channel("", "")
+
+
+def _key_of(kind: str, channel: str) -> tuple[str, str]:
+    """The subscription a frame's channel names: a graph id, or ``{user}|graph_exec#{id}``."""
+    if kind == "execution":
+        # A user id never holds the mark, so the first one ends it.
+        return (kind, channel.partition(_EXECUTION_CHANNEL_MARK)[2])
+    return (kind, channel)
+
+
 # --- the stream ---------------------------------------------------------------------------
 
 
@@ -440,6 +539,7 @@ class _Pacer:
 
 
 _Outgoing = tuple[str, Subscription]
+_Key = tuple[str, str]
 
 
 class ExecutionStream:
@@ -490,8 +590,8 @@ class ExecutionStream:
         self._ws: ClientConnection | None = None
         self._outbox: asyncio.Queue[_Outgoing] | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._subscriptions: dict[str, Subscription] = {}
-        self._known: dict[str, Subscription] = {}
+        self._subscriptions: dict[_Key, Subscription] = {}
+        self._known: dict[_Key, Subscription] = {}
         self._failure: ClientError | None = None
         self._closing = False
         self._close_hint: str | None = None
@@ -532,10 +632,28 @@ class ExecutionStream:
         follows. The subscribe request goes out at once (or on the next connection).
         """
         request = SubscriptionRequest(graph_id=graph_id, since=since, snapshot=snapshot)
-        if request.graph_id in self._subscriptions:
-            raise ValueError(f"This stream already follows graph {graph_id!r}.")
-        subscription = Subscription(self, request, self.max_buffered)
-        self._known[request.graph_id] = subscription
+        return self._start(Subscription(self, request, self.max_buffered))
+
+    def follow_execution(
+        self, graph_exec_id: str, *, since: int | None = None, snapshot: bool = False
+    ) -> ExecutionSubscription:
+        """Follow one execution (AutoGPT's subscribe_graph_execution); iterate the returned
+        ExecutionSubscription for its NodeExecutionEvent and GraphExecutionEvent items.
+
+        ``since`` is a sequence number of the execution's graph (an ExecutionSubscription's
+        ``position``); ``snapshot`` starts with the latest event of each of its nodes and of the
+        run. Raises ValueError for an invalid id or since, or an execution already followed.
+        """
+        request = ExecutionSubscriptionRequest(
+            graph_exec_id=graph_exec_id, since=since, snapshot=snapshot
+        )
+        return self._start(ExecutionSubscription(self, request, self.max_buffered))
+
+    def _start[S: Subscription](self, subscription: S) -> S:
+        if subscription.key in self._subscriptions:
+            kind, target = subscription.key
+            raise ValueError(f"This stream already follows {kind} {target!r}.")
+        self._known[subscription.key] = subscription
         if self._failure is not None:
             subscription._end(self._failure)
         elif self._closing or self._runner is None:
@@ -543,14 +661,14 @@ class ExecutionStream:
                 ClientError("The stream is not open: use it inside `async with connect(...)`.")
             )
         else:
-            self._subscriptions[request.graph_id] = subscription
+            self._subscriptions[subscription.key] = subscription
             if self._outbox is not None:
                 self._outbox.put_nowait(("subscribe", subscription))
         return subscription
 
     def position(self, graph_id: str) -> int | None:
         """The seq of the last result returned for the graph (None until known)."""
-        subscription = self._known.get(graph_id)
+        subscription = self._known.get(("graph", graph_id))
         return subscription.position if subscription is not None else None
 
     async def open(self) -> None:
@@ -761,19 +879,19 @@ class ExecutionStream:
                     next_heartbeat = heartbeat_sent_at + interval
                     await ws.send(_HEARTBEAT)
                     continue
-                current = self._subscriptions.get(subscription.graph_id)
+                current = self._subscriptions.get(subscription.key)
                 if kind == "subscribe":
                     if current is not subscription:
                         continue  # ended or replaced before its turn came
                     await self._pacer.take()
-                    data = subscription._subscribe_data()
+                    method, data = subscription._method, subscription._subscribe_data()
                     subscription._awaiting_ack = True
                 else:
                     if current is not None:
-                        continue  # the graph was subscribed again meanwhile: stay subscribed
+                        continue  # followed again meanwhile: stay subscribed
                     await self._pacer.take()
-                    data = {"graph_id": subscription.graph_id}
-                await ws.send(json.dumps({"method": kind, "data": data}))
+                    method, data = "unsubscribe", subscription._target()
+                await ws.send(json.dumps({"method": method, "data": data}))
         except ConnectionClosed:
             return
         except Exception:
@@ -787,31 +905,33 @@ class ExecutionStream:
             return
         method = frame.get("method")
         channel = frame.get("channel")
-        if method == "execution_event":
-            await self._on_event(frame)
-        elif method == "subscribe":
-            self._on_subscribed(channel, frame.get("data"))
+        if not isinstance(method, str):
+            return
+        if method in _EVENT_KINDS and isinstance(channel, str):
+            await self._on_event(_key_of(_EVENT_KINDS[method], channel), method, frame)
+        elif method in _ACK_KINDS and isinstance(channel, str):
+            self._on_subscribed(_key_of(_ACK_KINDS[method], channel), frame.get("data"))
         elif method == "error":
             self._on_error(channel, str(frame.get("error") or ""))
 
-    async def _on_event(self, frame: dict[str, Any]) -> None:
-        subscription = self._subscriptions.get(str(frame.get("channel")))
+    async def _on_event(self, key: _Key, method: str, frame: dict[str, Any]) -> None:
+        subscription = self._subscriptions.get(key)
         if subscription is None or not subscription.active:
             return
         seq = frame.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool):
             self._end_subscription(
                 subscription,
-                ProtocolError("An execution event arrived without its seq.", subscription.graph_id),
+                ProtocolError("An execution event arrived without its seq.", key[1]),
             )
             return
         if subscription._received is not None and seq <= subscription._received:
             return  # already received (a replay overlapping what came before)
         try:
-            result = ExecutionResult.model_validate(frame.get("data"))
+            result = subscription._item(method, frame.get("data"))
         except ValidationError as exc:
-            error = f"Execution event #{seq} is not a valid ExecutionResult: {exc}"
-            self._end_subscription(subscription, ProtocolError(error, subscription.graph_id))
+            error = f"Execution event #{seq} is not a valid {exc.title}: {exc}"
+            self._end_subscription(subscription, ProtocolError(error, key[1]))
             return
         subscription._accept(seq)
         if subscription._queue.full():
@@ -824,8 +944,8 @@ class ExecutionStream:
         else:
             subscription._queue.put_nowait((seq, result))
 
-    def _on_subscribed(self, channel: Any, data: Any) -> None:
-        subscription = self._subscriptions.get(channel) if isinstance(channel, str) else None
+    def _on_subscribed(self, key: _Key, data: Any) -> None:
+        subscription = self._subscriptions.get(key)
         if subscription is None or not subscription._awaiting_ack:
             return
         subscription._awaiting_ack = False
@@ -837,22 +957,20 @@ class ExecutionStream:
             )
         except (KeyError, TypeError, ValueError):
             error = "The subscribe reply carries no head: the server does not number events."
-            self._end_subscription(subscription, ProtocolError(error, channel))
+            self._end_subscription(subscription, ProtocolError(error, key[1]))
             return
         subscription._on_ack(head, oldest, truncated)
 
     def _on_error(self, channel: Any, error: str) -> None:
         if isinstance(channel, str):
-            # The answer to a request about that graph: it ends that subscription only.
-            subscription = self._subscriptions.get(channel)
+            # The answer to a request about that graph or execution: it ends that one only.
+            subscription = self._subscriptions.get(
+                _key_of("execution", channel)
+            ) or self._subscriptions.get(("graph", channel))
             if subscription is None:
-                logger.info("Error about graph %r, no longer followed: %s", channel, error)
+                logger.info("Error about %r, no longer followed: %s", channel, error)
                 return
-            if error == ErrorText.NOT_ALLOWED:
-                refusal: ClientError = SubscriptionRefused(subscription.graph_id, error)
-            else:
-                refusal = ProtocolError(error, subscription.graph_id)
-            self._end_subscription(subscription, refusal)
+            self._end_subscription(subscription, subscription._refusal(error))
             return
         if error.startswith(ErrorText.RATE_LIMITED.split(":")[0]):
             logger.warning("The server ignored a request over its rate limit: %s", error)
@@ -868,13 +986,13 @@ class ExecutionStream:
         self._close_hint = error
 
     def _end_subscription(self, subscription: Subscription, reason: BaseException) -> None:
-        if self._subscriptions.get(subscription.graph_id) is subscription:
-            del self._subscriptions[subscription.graph_id]
+        if self._subscriptions.get(subscription.key) is subscription:
+            del self._subscriptions[subscription.key]
         subscription._end(reason)
 
     async def _unsubscribe(self, subscription: Subscription) -> None:
-        if self._subscriptions.get(subscription.graph_id) is subscription:
-            del self._subscriptions[subscription.graph_id]
+        if self._subscriptions.get(subscription.key) is subscription:
+            del self._subscriptions[subscription.key]
             if self._outbox is not None and not self._closing:
                 self._outbox.put_nowait(("unsubscribe", subscription))
         subscription._end(_Ended())

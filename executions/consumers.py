@@ -369,9 +369,9 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
                 channel = execution_channel(self._user_id(), graph_exec_id)
                 await self.send(text_data=ack_frame(Methods.UNSUBSCRIBE, channel))
                 return
-            channel = data.get("channel")
-            if isinstance(channel, str) and channel:
-                await self._unsubscribe_channel(channel)
+            named = data.get("channel")
+            if isinstance(named, str) and named:
+                await self._unsubscribe_channel(named)
                 return
         graph_id = subscription_request(message).graph_id
         await self._unfollow(("graph", graph_id))

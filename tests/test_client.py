@@ -30,7 +30,7 @@ from executions.client import (
     SubscriptionRefused,
     connect,
 )
-from executions.schemas import ExecutionResult
+from executions.schemas import ExecutionResult, GraphExecutionEvent, NodeExecutionEvent
 from tests.servers import DaphneServer, Site, post_executions, prepare_site
 from tests.support import free_port
 
@@ -301,6 +301,58 @@ async def test_another_users_graph_raises_subscription_refused_and_the_rest_goes
         allowed = stream.subscribe(people.graphs[3], since=0)
         await publish(server, people.graphs[3], range(1))
         assert [position for position, _ in await take(allowed, 1)] == [1]
+
+
+async def test_follow_execution_yields_autogpts_events_of_that_run_only(
+    server: DaphneServer, people: People
+) -> None:
+    graph_id = f"client-{RUN}-runs"
+    register_graphs(people.site, "alice", (graph_id,))
+    run, other = f"run-{RUN}", f"other-{RUN}"
+    node = {**execution(graph_id, 0), "graph_exec_id": run}
+    await post_executions(server, [node, {**execution(graph_id, 1), "graph_exec_id": other}])
+    async with connect(server.ws_url, token=people.alice_token) as stream:
+        following = stream.follow_execution(run, since=0)
+        replayed = await take(following, 1)
+        finished = {
+            "id": run,
+            "user_id": "u-1",
+            "graph_id": graph_id,
+            "graph_version": 1,
+            "inputs": {},
+            "status": "COMPLETED",
+            "started_at": "2025-01-02T03:04:05Z",
+            "ended_at": "2025-01-02T03:04:09Z",
+            "outputs": {"answer": [42]},
+            "event_type": "graph_execution_update",
+        }
+        await post_executions(
+            server, [{**execution(graph_id, 2), "graph_exec_id": other}, finished]
+        )
+        live = await take(following, 1)
+        assert await nothing_more(following)
+        assert following.graph_id == graph_id
+
+    (first_seq, first), (last_seq, last) = replayed + live
+    assert (first_seq, last_seq) == (1, 4)  # the graph's numbers; 2 and 3 are the other run's
+    assert isinstance(first, NodeExecutionEvent)
+    assert first.result() == ExecutionResult.model_validate(node)
+    assert isinstance(last, GraphExecutionEvent)
+    assert last == GraphExecutionEvent.model_validate(finished)
+
+
+async def test_following_another_users_execution_raises_subscription_refused(
+    server: DaphneServer, people: People
+) -> None:
+    run = f"bobs-run-{RUN}"
+    await post_executions(server, [{**execution(people.bobs_graph, 0), "graph_exec_id": run}])
+    async with connect(server.ws_url, token=people.alice_token) as stream:
+        refused = stream.follow_execution(run)
+        with pytest.raises(SubscriptionRefused) as error:
+            await take(refused, 1)
+
+    assert error.value.graph_id == run
+    assert error.value.reason == "Graph execution not found."
 
 
 async def test_an_unreachable_server_raises_connection_lost_within_the_budget() -> None:
