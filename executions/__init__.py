@@ -17,22 +17,34 @@ __version__ = "0.2.0"
 _EXPORTS = {
     "ExecutionResult": "executions.schemas",
     "ExecutionStatus": "executions.schemas",
+    "GraphExecutionEvent": "executions.schemas",
+    "NodeExecutionEvent": "executions.schemas",
     "PublishNotDelivered": "executions.exceptions",
     "send_execution_result": "executions.events",
     "send_execution_result_sync": "executions.events",
     "send_execution_results": "executions.events",
     "send_execution_results_sync": "executions.events",
+    "send_graph_execution_event": "executions.events",
+    "send_graph_execution_event_sync": "executions.events",
+    "send_node_execution_event": "executions.events",
+    "send_node_execution_event_sync": "executions.events",
 }
 
 __all__ = [
     "ExecutionResult",
     "ExecutionStatus",
+    "GraphExecutionEvent",
+    "NodeExecutionEvent",
     "PublishNotDelivered",
     "__version__",
     "send_execution_result",
     "send_execution_result_sync",
     "send_execution_results",
     "send_execution_results_sync",
+    "send_graph_execution_event",
+    "send_graph_execution_event_sync",
+    "send_node_execution_event",
+    "send_node_execution_event_sync",
 ]
 
 if TYPE_CHECKING:
@@ -41,9 +53,18 @@ if TYPE_CHECKING:
         send_execution_result_sync,
         send_execution_results,
         send_execution_results_sync,
+        send_graph_execution_event,
+        send_graph_execution_event_sync,
+        send_node_execution_event,
+        send_node_execution_event_sync,
     )
     from executions.exceptions import PublishNotDelivered
-    from executions.schemas import ExecutionResult, ExecutionStatus
+    from executions.schemas import (
+        ExecutionResult,
+        ExecutionStatus,
+        GraphExecutionEvent,
+        NodeExecutionEvent,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -6,6 +6,7 @@ AutoGPT's ConnectionManager sends for the same JSON.
 """
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from executions.schemas import GraphExecutionEvent, Methods, NodeExecutionEvent
 from tests.conftest import make_result
@@ -28,6 +30,7 @@ from tests.servers import (
     redis_server_pairs,
 )
 from tests.test_autogpt_protocol import autogpt_frame, graph_event, node_event
+from tests.test_faults import SLOW_DISCONNECTS, metrics, settings_env
 
 TIMEOUT = 10.0
 
@@ -215,3 +218,80 @@ async def test_events_published_on_one_process_reach_the_others_subscribers_over
         ("node_execution_event", run.node_frame(node), "2"),
         ("graph_execution_event", run.graph_frame(finished, run.execution_channel), "3"),
     ]
+
+
+# The backlog a stalled client may hold before it is closed, and enough events to pass it and
+# the kernel's socket buffers on localhost many times over.
+STALLED_BACKLOG_BYTES = 256 * 1024
+STALLED_EVENTS = 1_500
+STALLED_OUTPUT_BYTES = 8 * 1024
+STALLED_TIMEOUT = 60.0
+
+
+async def test_a_stalled_execution_subscriber_is_closed_with_4008_and_got_its_events_in_order(
+    site: Site, alice_id: str, tmp_path: Path
+) -> None:
+    run = Run(site, alice_id)
+    env = settings_env(
+        site, tmp_path, "stalled_settings", EXECUTIONS_MAX_BACKLOG_BYTES=STALLED_BACKLOG_BYTES
+    )
+    bodies = [
+        run.node(node_exec_id=f"n-{index}", output_data={"blob": ["x" * STALLED_OUTPUT_BYTES]})
+        for index in range(STALLED_EVENTS)
+    ]
+    with DaphneServer(env, tmp_path, "stalled") as server:
+        await publish(server, run.node(status="QUEUED"))
+        stalled = await connect(
+            server.ws_url,
+            additional_headers={"Authorization": f"Bearer {site.token_for('alice')}"},
+            max_queue=1,
+            ping_interval=None,
+        )
+        await request(stalled, "subscribe_graph_execution", {"graph_exec_id": run.exec_id})
+        async with asyncio.timeout(STALLED_TIMEOUT):
+            for start in range(0, STALLED_EVENTS, 100):
+                await publish(server, *bodies[start : start + 100])
+                if (await metrics(server)).get(SLOW_DISCONNECTS, 0) >= 1:
+                    break
+            while (await metrics(server)).get(SLOW_DISCONNECTS, 0) < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            received: list[str] = []
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    received.append(str(await stalled.recv()))
+        server.assert_running()
+
+    assert stalled.close_code == 4008
+    *events, error = received
+    assert json.loads(error)["error"].startswith("Too slow: the client fell behind the stream.")
+    node_exec_ids = [json.loads(frame)["data"]["node_exec_id"] for frame in events]
+    assert node_exec_ids == [f"n-{index}" for index in range(len(node_exec_ids))]
+    assert 0 < len(node_exec_ids) < STALLED_EVENTS
+
+
+async def test_the_subscription_limit_counts_both_protocols_on_a_connection(
+    site: Site, alice_id: str, tmp_path: Path
+) -> None:
+    run = Run(site, alice_id)
+    env = settings_env(
+        site, tmp_path, "limited_settings", EXECUTIONS_MAX_SUBSCRIPTIONS_PER_CONNECTION=2
+    )
+    with DaphneServer(env, tmp_path, "limited") as server:
+        await publish(server, run.node())
+        client = await opened(server, site.token_for("alice"))
+        try:
+            await request(client, "subscribe", {"graph_id": run.graph_id})
+            await request(client, "subscribe_graph_execution", {"graph_exec_id": run.exec_id})
+            refused = await request(
+                client, "subscribe_graph_executions", {"graph_id": run.graph_id}
+            )
+        finally:
+            await client.close()
+
+    assert json.loads(refused) == {
+        "method": "error",
+        "data": None,
+        "success": False,
+        "channel": run.executions_channel,
+        "error": "Too many subscriptions: at most 2 per connection; unsubscribe from one first.",
+    }

@@ -15,12 +15,18 @@ import executions.schemas
 PUBLIC_NAMES = [
     "ExecutionResult",
     "ExecutionStatus",
+    "GraphExecutionEvent",
+    "NodeExecutionEvent",
     "PublishNotDelivered",
     "__version__",
     "send_execution_result",
     "send_execution_result_sync",
     "send_execution_results",
     "send_execution_results_sync",
+    "send_graph_execution_event",
+    "send_graph_execution_event_sync",
+    "send_node_execution_event",
+    "send_node_execution_event_sync",
 ]
 
 
