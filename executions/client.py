@@ -11,6 +11,11 @@
 
 The token travels in the handshake's ``Authorization: Bearer`` header, never in the URL.
 
+One run of a graph, as AutoGPT's current protocol sends it (``subscribe_graph_execution``)::
+
+        async for event in stream.follow_execution(graph_exec_id, since=0):
+            ...  # a NodeExecutionEvent (each node's progress) or a GraphExecutionEvent (the run's)
+
 Where a subscription starts (``stream.subscribe(graph_id, since=None, snapshot=False)``):
 
 - ``since=N``: every event numbered after N, from the server's history, then the live stream;
