@@ -53,7 +53,7 @@ format: install
 POSTGRES_TEST_URL ?= postgres://postgres@127.0.0.1:5432/executions
 POSTGRES_SUITES := tests/test_history.py tests/test_resume.py tests/test_connection_manager.py \
 	tests/test_authentication.py tests/test_ingest_api.py tests/test_limits.py tests/test_fuzzing.py \
-	tests/test_writers.py
+	tests/test_writers.py tests/test_group_commit.py tests/test_autogpt_protocol.py
 
 test: lint
 	$(BIN)/python -m pytest

@@ -21,7 +21,7 @@ from executions.errors import (
     not_delivered_body,
 )
 from executions.events import send_execution_results
-from executions.exceptions import ExecutionsError, PublishNotDelivered
+from executions.exceptions import BatchNotStored, ExecutionsError, PublishNotDelivered
 from executions.ingest import token_refusal
 from executions.schemas import MAX_GRAPH_ID_LENGTH, TaggedPublishable
 from executions.scope import declares_more_than
@@ -196,6 +196,11 @@ def unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpRespo
 @api.exception_handler(PublishNotDelivered)
 def layer_down(request: HttpRequest, exc: PublishNotDelivered) -> HttpResponse:
     return api.create_response(request, not_delivered_body(exc), status=503)
+
+
+@api.exception_handler(BatchNotStored)
+def batch_not_stored(request: HttpRequest, exc: BatchNotStored) -> HttpResponse:
+    return api.create_response(request, {"error": str(exc)}, status=503)
 
 
 @api.exception_handler(IngestDisabled)

@@ -1,7 +1,8 @@
 """Publishing execution results: stored with a sequence number, then sent once committed.
 
 Every publish, sync or async, from a view, a task or the ingest endpoint, takes the one path
-here: validate, store in the caller's transaction (or one of its own), and send to the graph's
+here: validate, store in the caller's transaction (or, outside one, with the other publishes of
+the moment in one transaction of the writer thread: writers.py), and send to the graph's
 subscribers only after that transaction commits, never for one that rolls back.
 """
 
@@ -10,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import AsyncToSync, async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
@@ -74,14 +75,34 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
         metrics.EVENTS_PUBLISHED.inc()
 
 
-def _store(results: list[Publishable]) -> tuple[list[StoredEvent], bool]:
-    """Store results; return them and whether sending waits for an enclosing transaction."""
+def _in_transaction() -> bool:
+    return transaction.get_connection().in_atomic_block
 
+
+def _sync_caller_waits() -> bool:
+    """Whether sync code (which may hold a transaction) waits on this coroutine through
+    async_to_sync. Only then can a transaction be open for the publish to join: elsewhere (an
+    ASGI request, a worker's own loop) looking would cost every publish a trip through the one
+    thread-sensitive thread, serializing publishers the writer could store together.
+
+    Read from asgiref's record of the sync threads it runs coroutines for; should it ever move,
+    the answer is "maybe", and the publish looks.
+    """
+    executors = getattr(AsyncToSync, "executors", None)
+    loop_executors = getattr(AsyncToSync, "loop_thread_executors", None)
+    if executors is None or loop_executors is None:
+        return True
+    return (
+        getattr(executors, "current", None) is not None
+        or asyncio.get_running_loop() in loop_executors
+    )
+
+
+def _store_in_transaction(results: list[Publishable]) -> list[StoredEvent]:
+    """Store results in the caller's open transaction; send them when it commits."""
     stored = history.record(results)
-    if transaction.get_connection().in_atomic_block:
-        transaction.on_commit(partial(async_to_sync(broadcast), stored))
-        return stored, True
-    return stored, False
+    transaction.on_commit(partial(async_to_sync(broadcast), stored))
+    return stored
 
 
 async def send_execution_results(
@@ -89,21 +110,25 @@ async def send_execution_results(
 ) -> list[int]:
     """Validate every result first, then store and send them in order; return their numbers.
 
-    The storing runs in the thread of the calling sync code, so a transaction it has open
-    holds the results back until it commits. Code that knows no transaction can be open (an
-    async view such as the ingest endpoint) passes ``outside_any_transaction=True``: the
-    storing then runs in one of the writer threads (writers.py), which keep their database
-    connections, instead of a thread made for the request.
+    When the calling sync code has a transaction open (this coroutine runs under its
+    async_to_sync), the results are stored in it and sent when it commits, never if it rolls
+    back. Otherwise they go to the writer thread (writers.py), which stores them in one
+    transaction with whatever other publishes are waiting, and are sent once that commits. Code
+    that knows no transaction can be open (the ingest endpoint) passes
+    ``outside_any_transaction=True`` and skips the look.
     """
     validated = _validated(results)
     if not validated:
         return []
-    if outside_any_transaction:
-        stored, deferred = await writers.run(_store, validated)
-    else:
-        stored, deferred = await database_sync_to_async(_store)(validated)
-    if not deferred:
-        await broadcast(stored)
+    if (
+        not outside_any_transaction
+        and _sync_caller_waits()
+        and await database_sync_to_async(_in_transaction)()
+    ):
+        stored = await database_sync_to_async(_store_in_transaction)(validated)
+        return [event.seq for event in stored]
+    stored = await writers.run(history.record, validated)
+    await broadcast(stored)
     return [event.seq for event in stored]
 
 
@@ -117,12 +142,15 @@ def send_execution_results_sync(results: Iterable[ResultLike]) -> list[int]:
     """The same as send_execution_results, for views, tasks and other synchronous code.
 
     Inside a transaction, the results are sent when it commits, and never if it rolls back.
+    Outside one, they are stored by the writer thread with other waiting publishes.
     """
     validated = _validated(results)
     if not validated:
         return []
-    stored, deferred = _store(validated)
-    if not deferred:
+    if _in_transaction():
+        stored = _store_in_transaction(validated)
+    else:
+        stored = writers.run_sync(history.record, validated)
         async_to_sync(broadcast)(stored)
     return [event.seq for event in stored]
 

@@ -36,3 +36,17 @@ class PublishNotDelivered(ExecutionsError):
             "subscribers that resume with since, but not the live stream. Do not publish them "
             "again; check the channel layer (Redis)."
         )
+
+
+class BatchNotStored(ExecutionsError):
+    """The transaction that was to store this publish, with others made at the same moment,
+    failed: nothing of it is stored or sent. Publishing again is safe."""
+
+    def __init__(self, publishes: int, events: int, cause: BaseException) -> None:
+        self.publishes = publishes
+        self.events = events
+        super().__init__(
+            f"Not stored: the database refused the batch this publish was committed with "
+            f"({publishes} publish(es), {events} event(s)): {type(cause).__name__}: {cause}. "
+            "Nothing of the batch was stored or sent; publish again once the database answers."
+        )

@@ -26,7 +26,7 @@ from executions.errors import (
     not_delivered_body,
 )
 from executions.events import send_execution_results
-from executions.exceptions import PublishNotDelivered
+from executions.exceptions import BatchNotStored, PublishNotDelivered
 from executions.schemas import Publishable, TaggedPublishable
 from executions.scope import bearer_token, declares_more_than, header, path_info
 
@@ -62,6 +62,8 @@ async def ingest(body: bytes) -> Reply:
         accepted = await send_execution_results(results, outside_any_transaction=True)
     except PublishNotDelivered as exc:
         return 503, not_delivered_body(exc)
+    except BatchNotStored as exc:
+        return 503, {"error": str(exc)}
     return 202, {"accepted": len(accepted)}
 
 

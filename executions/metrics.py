@@ -41,6 +41,18 @@ LAYER_FAILURES = Counter(
     "Channel-layer operations that failed, by operation.",
     ["operation"],
 )
+BATCHES_STORED = Counter(
+    "executions_batches_stored",
+    "Transactions of the writer thread (group commit), each storing the publishes that waited.",
+)
+BATCHES_FAILED = Counter(
+    "executions_batches_failed", "Writer transactions that failed, failing every publish in them."
+)
+BATCH_EVENTS = Histogram(
+    "executions_batch_events",
+    "Events stored per writer transaction.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+)
 PUBLISH_TO_SEND_SECONDS = Histogram(
     "executions_publish_to_send_seconds",
     "Time from a result's publication to its frame being handed to a connection.",

@@ -1,0 +1,174 @@
+"""Group commit: publishes made at the same moment outside any transaction share one.
+
+The writer thread (executions.writers) takes every publish waiting for it into one transaction:
+numbers stay dense per graph, each publisher's events keep their order, and a batch the database
+refuses fails every publisher in it, with nothing of it stored.
+"""
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from executions import metrics
+from executions.events import send_execution_results, send_execution_results_sync
+from executions.exceptions import BatchNotStored
+from executions.models import ExecutionEvent, GraphStream
+from executions.writers import MAX_BATCH_EVENTS
+from tests.conftest import make_result
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+INGEST_TOKEN = "ingest-secret"
+POISON = "poison"  # a graph id the database refuses, by a trigger of its own
+
+
+def batches_stored() -> float:
+    return metrics.BATCHES_STORED._value.get()
+
+
+def stored_numbers(graph_id: str) -> list[tuple[int, str]]:
+    rows = ExecutionEvent.objects.filter(graph_id=graph_id).order_by("seq")
+    return [(seq, frame) for seq, frame in rows.values_list("seq", "frame")]
+
+
+def node_exec_ids(graph_id: str) -> list[str]:
+    rows = ExecutionEvent.objects.filter(graph_id=graph_id).order_by("seq")
+    return [
+        json.loads(frame)["data"]["node_exec_id"] for frame in rows.values_list("frame", flat=True)
+    ]
+
+
+@pytest.fixture
+def poisoned_graph(transactional_db: None) -> Iterator[str]:
+    """A trigger that makes the database refuse any event of graph POISON: a real failure."""
+    table = ExecutionEvent._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'poisoned event refused'; END; $$ LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                f"CREATE TRIGGER refuse_poison BEFORE INSERT ON {table} FOR EACH ROW "
+                f"WHEN (NEW.graph_id = '{POISON}') EXECUTE FUNCTION refuse_poison()"
+            )
+        else:
+            cursor.execute(
+                f"CREATE TRIGGER refuse_poison BEFORE INSERT ON {table} "
+                f"WHEN NEW.graph_id = '{POISON}' "
+                "BEGIN SELECT RAISE(ABORT, 'poisoned event refused'); END"
+            )
+    yield POISON
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DROP TRIGGER refuse_poison"
+            + (f" ON {table}" if connection.vendor == "postgresql" else "")
+        )
+        if connection.vendor == "postgresql":
+            cursor.execute("DROP FUNCTION refuse_poison()")
+
+
+async def test_fifty_concurrent_publishers_share_a_few_transactions_and_numbers_stay_dense() -> (
+    None
+):
+    before = batches_stored()
+
+    async def publish(index: int) -> list[int]:
+        graph_id = "even" if index % 2 == 0 else "odd"
+        own = [make_result(graph_id, node_exec_id=f"{index}-{n}") for n in range(3)]
+        return await send_execution_results(own)
+
+    numbers = await asyncio.gather(*(publish(index) for index in range(50)))
+
+    transactions = batches_stored() - before
+    assert transactions <= 5, f"{transactions:.0f} transactions for 50 concurrent publishers"
+    for graph_id, first in (("even", 0), ("odd", 1)):
+        mine = [numbers[index] for index in range(first, 50, 2)]
+        # Each publisher's three events: consecutive numbers, in its order.
+        assert all(seqs == [seqs[0], seqs[0] + 1, seqs[0] + 2] for seqs in mine)
+        assert sorted(seq for seqs in mine for seq in seqs) == list(range(1, 76))
+        ids = await sync_to_async(node_exec_ids)(graph_id)
+        by_seq = {
+            seq: f"{index}-{n}"
+            for index, seqs in zip(range(first, 50, 2), mine, strict=True)
+            for n, seq in enumerate(seqs)
+        }
+        assert ids == [by_seq[seq] for seq in range(1, 76)]
+
+
+async def test_publishers_in_many_threads_get_dense_numbers_in_their_own_order() -> None:
+    start = threading.Barrier(20)
+    numbers: dict[int, list[int]] = {}
+
+    def publish(index: int) -> None:
+        start.wait(timeout=10)
+        own = [make_result("threads", node_exec_id=f"{index}-{n}") for n in range(5)]
+        numbers[index] = send_execution_results_sync(own)
+
+    threads = [threading.Thread(target=publish, args=(index,)) for index in range(20)]
+
+    def run_all() -> None:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+
+    await asyncio.to_thread(run_all)
+
+    assert sorted(seq for seqs in numbers.values() for seq in seqs) == list(range(1, 101))
+    assert all(seqs == sorted(seqs) for seqs in numbers.values())
+    ids = await sync_to_async(node_exec_ids)("threads")
+    assert all(
+        ids[seq - 1] == f"{index}-{n}"
+        for index, seqs in numbers.items()
+        for n, seq in enumerate(seqs)
+    )
+
+
+async def test_a_refused_batch_fails_every_publisher_in_it_and_stores_nothing_of_it(
+    poisoned_graph: str,
+) -> None:
+    # A publish of a whole batch's size goes alone: while it commits, the next ones gather.
+    whole_batch = [make_result("big", node_exec_id=str(n)) for n in range(MAX_BATCH_EVENTS)]
+    first = asyncio.ensure_future(send_execution_results(whole_batch))
+    await asyncio.sleep(0)  # its turn to be queued first
+    together = [
+        send_execution_results([make_result(graph_id)])
+        for graph_id in ("a", "b", poisoned_graph, "c")
+    ]
+
+    outcomes = await asyncio.gather(first, *together, return_exceptions=True)
+
+    assert outcomes[0] == list(range(1, MAX_BATCH_EVENTS + 1))
+    for failed in outcomes[1:]:
+        assert isinstance(failed, BatchNotStored), failed
+        assert "Nothing of the batch was stored or sent" in str(failed)
+        assert "poisoned event refused" in str(failed)
+        assert (failed.publishes, failed.events) == (4, 4)
+    heads = await sync_to_async(lambda: dict(GraphStream.objects.values_list("graph_id", "head")))()
+    assert heads == {"big": MAX_BATCH_EVENTS}
+    # Nothing half-stored: the next publish of "a" is its first.
+    assert await send_execution_results([make_result("a")]) == [1]
+
+
+async def test_the_ingest_endpoint_answers_a_refused_batch_with_503(
+    application: Any, settings: Any, channel_layer: Any, poisoned_graph: str
+) -> None:
+    settings.EXECUTIONS_INGEST_TOKEN = INGEST_TOKEN
+    body = make_result(poisoned_graph).model_dump(mode="json")
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+        response = await http.post(
+            "/api/executions", json=body, headers={"Authorization": f"Bearer {INGEST_TOKEN}"}
+        )
+
+    assert response.status_code == 503
+    assert response.json()["error"].startswith("Not stored: the database refused the batch")
+    assert await sync_to_async(stored_numbers)(poisoned_graph) == []
