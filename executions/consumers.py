@@ -53,6 +53,10 @@ def _utf8_length_over(text: str, limit: int) -> bool:
     return len(text) * 4 > limit and len(text.encode("utf-8", "replace")) > limit
 
 
+async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
+    return await database_sync_to_async(func)(*args)
+
+
 Handler = Callable[["ExecutionStreamConsumer", ClientMessage], Awaitable[None]]
 
 # While the transport is full, how often to look again at the backlog and the client.
@@ -111,8 +115,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         self._counted_user = None
         self._credential = None
         self._revoked: str | None = None
-        self._expiry: asyncio.TimerHandle | None = None
-        self._expiry_check: asyncio.Future[None] | None = None
+        self._expiry: revocation.ExpiryWatch | None = None
         try:
             await self._serve(receive)
         except StopConsumer:
@@ -520,44 +523,13 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         if refusal is not None:
             self.revoke(refusal)
             return
-        self._arm_expiry(credential.expires_at)
-
-    def _arm_expiry(self, expires_at: float | None) -> None:
-        if expires_at is not None:
-            delay = max(0.0, expires_at - time.time())
-            self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
-
-    def _expired(self) -> None:
-        credential = self._credential
-        if credential is None:
-            return
-        if credential.session_key is None:
-            self.revoke(ErrorText.TOKEN_EXPIRED)
-            return
-        # A session's end moves when the session is saved again: look before closing.
-        self._expiry_check = asyncio.ensure_future(self._check_session_end())
-
-    async def _check_session_end(self) -> None:
-        try:
-            refusal = await database_sync_to_async(revocation.refusal_now)(self.scope)
-        except Exception:
-            # The database did not answer: end the connection rather than outlive the session.
-            logger.exception("checking whether a session has ended failed")
-            refusal = ErrorText.SESSION_ENDED
-        if refusal is not None:
-            self.revoke(refusal)
-            return
-        credential = await database_sync_to_async(revocation.credential_of)(self.scope)
-        if credential.expires_at is not None and credential.expires_at > time.time():
-            self._arm_expiry(credential.expires_at)
+        self._expiry = revocation.ExpiryWatch(self.scope, self.revoke, _in_thread)
+        self._expiry.arm(credential)
 
     async def _stop_following_revocations(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        if self._expiry_check is not None:
-            self._expiry_check.cancel()
-            self._expiry_check = None
         if self._credential is not None:
             await local_fanout(self.channel_layer).untrack(self, self._credential)
             self._credential = None

@@ -16,6 +16,7 @@ no signal), every subscribe also checks the user and the credential again (`refu
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from importlib import import_module
@@ -237,3 +238,54 @@ def _session_refusal(session: Any, user: AbstractBaseUser) -> str | None:
     ):
         return ErrorText.PASSWORD_CHANGED
     return None
+
+
+# Runs a function with arguments in a thread and awaits its result (each caller has its way).
+InThread = Callable[..., Awaitable[Any]]
+
+
+class ExpiryWatch:
+    """Revokes a connection or a stream when its credential expires, at that second.
+
+    A token's end is final. A session's end moves whenever the session is saved again: when it
+    comes, the session is read once more, and the watch either revokes or waits for the new end.
+    """
+
+    def __init__(self, scope: dict[str, Any], revoke: Callable[[str], None], in_thread: InThread):
+        self._scope = scope
+        self._revoke = revoke
+        self._in_thread = in_thread
+        self._timer: asyncio.TimerHandle | None = None
+        self._check: asyncio.Future[None] | None = None
+
+    def arm(self, credential: Credential) -> None:
+        if credential.expires_at is None:
+            return
+        delay = max(0.0, credential.expires_at - time.time())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._expired, credential)
+
+    def cancel(self) -> None:
+        for pending in (self._timer, self._check):
+            if pending is not None:
+                pending.cancel()
+        self._timer = self._check = None
+
+    def _expired(self, credential: Credential) -> None:
+        if credential.session_key is None:
+            self._revoke(ErrorText.TOKEN_EXPIRED)
+            return
+        self._check = asyncio.ensure_future(self._check_session_end())
+
+    async def _check_session_end(self) -> None:
+        try:
+            refusal = await self._in_thread(refusal_now, self._scope)
+        except Exception:
+            # The database did not answer: end it rather than outlive the session.
+            logger.exception("checking whether a session has ended failed")
+            refusal = ErrorText.SESSION_ENDED
+        if refusal is not None:
+            self._revoke(refusal)
+            return
+        credential = await self._in_thread(credential_of, self._scope)
+        if credential.expires_at is not None and credential.expires_at > time.time():
+            self.arm(credential)

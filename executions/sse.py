@@ -28,7 +28,6 @@ authentication of an async operation in ways that differ between its versions.
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,7 +44,6 @@ from executions.errors import BAD_CREDENTIALS
 from executions.exceptions import ExecutionsError
 from executions.fanout import local_fanout
 from executions.outbox import Backlog
-from executions.protocol import ErrorText
 from executions.revocation import TOKEN_KEY
 from executions.schemas import MAX_GRAPH_ID_LENGTH
 from executions.scope import bearer_token
@@ -209,7 +207,8 @@ async def _stream(
     receiver = StreamReceiver()
     backlog = receiver.backlog
     credential = await on_shared_thread(revocation.credential_of, scope)
-    expiry = _expire_later(receiver, credential)
+    expiry = revocation.ExpiryWatch(scope, receiver.revoke, on_shared_thread)
+    expiry.arm(credential)
     metrics.SUBSCRIPTIONS.inc()
     try:
         # Given back in `finally` whatever happens, even if the stream never gets further.
@@ -259,19 +258,7 @@ async def _stream(
                 yield chunk
             delivered = seq
     finally:
-        if expiry is not None:
-            expiry.cancel()
+        expiry.cancel()
         metrics.SUBSCRIPTIONS.dec()
         await fanout.discard(graph_id, receiver)
         await fanout.untrack(receiver, credential)
-
-
-def _expire_later(
-    receiver: StreamReceiver, credential: revocation.Credential
-) -> asyncio.TimerHandle | None:
-    """End the stream when its token or session expires, as a WebSocket is closed then."""
-    if credential.expires_at is None:
-        return None
-    reason = ErrorText.SESSION_ENDED if credential.session_key else ErrorText.TOKEN_EXPIRED
-    delay = max(0.0, credential.expires_at - time.time())
-    return asyncio.get_running_loop().call_later(delay, receiver.revoke, reason)

@@ -240,3 +240,69 @@ def test_users_load_with_deferred_fields(alice: Any, load: Any) -> None:
     user.refresh_from_db(fields=["last_login"])
     assert user.username == "alice"
     user.save()  # nothing changed that it knows of: no revocation, no error
+
+
+def set_session_end(cookie: bytes, seconds: int) -> None:
+    """Save the cookie's session again, now ending `seconds` from now (what a request does)."""
+    from importlib import import_module
+
+    from django.conf import settings
+
+    key = cookie.decode().removeprefix("sessionid=")
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key=key)
+    session.load()
+    session.set_expiry(seconds)
+    session.save()
+
+
+async def test_a_session_closes_its_connection_when_it_ends(
+    application: Any, alice: Any, channel_layer: Any
+) -> None:
+    _, cookie = await sync_to_async(session_client)(alice)
+    await sync_to_async(set_session_end)(cookie, 1)
+    client = await open_with_session(application, cookie)
+
+    await assert_closed_for(client, ErrorText.SESSION_ENDED, within=3)
+
+
+async def test_a_session_saved_again_keeps_its_connection_past_the_old_end(
+    application: Any, alice: Any, channel_layer: Any
+) -> None:
+    _, cookie = await sync_to_async(session_client)(alice)
+    await sync_to_async(set_session_end)(cookie, 1)
+    client = await open_with_session(application, cookie)
+    try:
+        await sync_to_async(set_session_end)(cookie, 60)  # the user was active meanwhile
+        await asyncio.sleep(2)
+
+        assert (await subscribe(client, "test_graph"))["success"] is True
+    finally:
+        await client.disconnect()
+
+
+async def test_a_session_ends_its_sse_stream_when_it_ends_and_not_before(
+    application: Any, alice: Any, channel_layer: Any
+) -> None:
+    from executions.sse import OPENING
+    from tests.test_sse import Stream
+
+    _, ending = await sync_to_async(session_client)(alice)
+    _, extended = await sync_to_async(session_client)(alice)
+    for cookie in (ending, extended):
+        await sync_to_async(set_session_end)(cookie, 1)
+    path = "/api/graphs/test_graph/events"
+    ends = await Stream(application, path, [(b"cookie", ending)]).start()
+    goes_on = await Stream(application, path, [(b"cookie", extended)]).start()
+    await goes_on.read_until(OPENING)  # it has read its session's end: one second from now
+    await sync_to_async(set_session_end)(extended, 60)
+
+    body = await asyncio.wait_for(ends.read_to_end(), 4)
+
+    assert body.endswith(
+        b'event: error\ndata: {"error":"' + ErrorText.SESSION_ENDED.encode() + b'"}\n\n'
+    )
+    # Past its old end, the other stream has sent nothing but its opening: still open.
+    with pytest.raises(TimeoutError):
+        await goes_on.read_until(OPENING + b"more", seconds=0.5)
+    assert (goes_on.body, goes_on.ended) == (OPENING, False)
+    await goes_on.disconnect()
