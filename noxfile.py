@@ -55,6 +55,10 @@ LEFT_OUT = {
         "the dashboard's JavaScript in Chromium; its Django views and templates are tested by "
         "tests/test_dashboard.py, which runs"
     ),
+    "tests/test_dashboard_fallback_browser.py": (
+        "the same JavaScript in Chromium behind a stand-in proxy that refuses WebSocket upgrades "
+        "(Server-Sent Events instead), about 30 s a run"
+    ),
     "tests/test_delivery.py": (
         "bursts of thousands of events and connection storms through the channel layers "
         "(channels, channels-redis), about 50 s a run"

@@ -53,10 +53,10 @@ def _websocket_url(request: HttpRequest, path: str) -> str:
     return f"{scheme}://{request.get_host()}{path}"
 
 
-def _optional_reverse(name: str) -> str | None:
+def _optional_reverse(name: str, *args: str) -> str | None:
     """The URL of a route the site may have left out (the API docs can be turned off)."""
     try:
-        return reverse(name)
+        return reverse(name, args=args)
     except NoReverseMatch:
         return None
 
@@ -64,6 +64,35 @@ def _optional_reverse(name: str) -> str | None:
 def _api_docs_url(name: str) -> str | None:
     """A link to the API docs or schema, unless they are off or left out of the URLconf."""
     return _optional_reverse(name) if conf.api_docs_enabled() else None
+
+
+@dataclass(frozen=True)
+class GraphLink:
+    """A graph of the dashboard's list, with the URLs the page follows it by over plain HTTP
+    when the WebSocket cannot connect (None: that graph has no such URL)."""
+
+    graph: Graph
+    events_url: str | None  # its Server-Sent Events stream
+    history_url: str | None  # its history, whose head the stream starts after
+
+
+def _graph_url(name: str, graph_id: str) -> str | None:
+    """The URL of a route with the graph id in its path, or None where no browser could request it.
+
+    A browser resolves "." and ".." path segments away before sending a request (even written
+    %2E), so ``a/../b`` would reach graph ``b``; and a graph id with a line break matches no route.
+    """
+    if any(segment in {".", ".."} for segment in graph_id.split("/")):
+        return None
+    return _optional_reverse(name, graph_id)
+
+
+def graph_link(graph: Graph) -> GraphLink:
+    return GraphLink(
+        graph,
+        events_url=_graph_url("executions-graph-events", graph.pk),
+        history_url=_graph_url("executions-api:graph_history", graph.pk),
+    )
 
 
 def index(request: HttpRequest) -> HttpResponse:
@@ -79,6 +108,7 @@ def index(request: HttpRequest) -> HttpResponse:
             "websocket_path": websocket_path,
             "websocket_url": _websocket_url(request, websocket_path),
             "graphs": graphs,
+            "graph_links": [graph_link(graph) for graph in graphs],
             "login_url": f"{reverse('executions-login')}?next={here}",
             "ingest_url": reverse("executions-api:ingest"),
             "ws_token_url": reverse("executions-api:ws-token"),

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import AsyncClient, Client
+from django.urls import resolve
 
 from executions import views
 from executions.models import Graph
@@ -109,6 +111,54 @@ def test_graph_ids_are_escaped_in_the_page(people: dict[str, Any]) -> None:
     assert "<script>alert" not in html
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; co" in html
     assert "?graph=alice%2F%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E%20%26%20co" in html
+
+
+class GraphLinks(HTMLParser):
+    """The attributes of each graph link of a page, by graph id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: dict[str, dict[str, str | None]] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        graph_id = attributes.get("data-graph-id")
+        if tag == "a" and graph_id is not None:
+            self.links[graph_id] = attributes
+
+
+def test_graph_links_carry_the_urls_the_page_follows_them_by_without_a_websocket(
+    people: dict[str, Any],
+) -> None:
+    """Each link holds its graph's SSE stream and history URLs, reversed by the server, unless
+    no browser could request them: a "." or ".." segment, a line break."""
+    unreachable = ["a/../b", "./c", "line\nbreak"]
+    for graph_id in unreachable:
+        Graph.objects.create(pk=graph_id, owner=people["alice"])
+    client = Client()
+    client.force_login(people["alice"])
+
+    response = client.get("/")
+
+    assert response.status_code == 200
+    parser = GraphLinks()
+    parser.feed(response.content.decode())
+    for graph_id in ("alice-graph", TRICKY_GRAPH):
+        link = parser.links[graph_id]
+        events_url, history_url = link["data-events-url"], link["data-history-url"]
+        assert events_url is not None
+        assert history_url is not None
+        assert events_url.startswith("/api/graphs/")
+        assert events_url.endswith("/events")
+        assert not set("<> #?") & set(events_url), events_url  # percent-encoded
+        assert resolve(unquote(events_url)).kwargs == {"graph_id": graph_id}
+        history = client.get(history_url, {"limit": 1})
+        assert history.status_code == 200
+        assert history.json()["graph_id"] == graph_id
+    for graph_id in unreachable:
+        link = parser.links[graph_id]
+        assert "data-events-url" not in link
+        assert "data-history-url" not in link
 
 
 @pytest.mark.parametrize("logged_in", [False, True])

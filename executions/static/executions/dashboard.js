@@ -5,9 +5,16 @@
  * - First subscription to a graph asks for a snapshot (the current state of its latest
  *   execution); every later one (after a reconnect, or coming back to the graph) asks for
  *   everything `since` the last sequence number seen, so nothing is missed.
- * - Each graph remembers the last `seq` it rendered and drops anything at or below it, so
- *   nothing is shown twice.
+ * - Each graph remembers the last `seq` it accounted for and drops anything at or below it,
+ *   so nothing is shown twice, whichever connection brought it.
  * - A dropped connection is retried with exponential backoff and jitter.
+ * - When the WebSocket cannot open (FALLBACK_AFTER_FAILED_OPENS attempts in a row that never
+ *   opened: a proxy that refuses upgrades, say), the graph shown is followed over Server-Sent
+ *   Events instead: an EventSource on the graph's `events` URL (the session cookie
+ *   authenticates it) from where the page is (from the history's head, for a graph it holds
+ *   nothing of), resumed by Last-Event-ID. The WebSocket is still tried now and then (the same
+ *   backoff); once it opens and acknowledges the graph's subscription (with `since`), the
+ *   EventSource is closed. Both deliver through onFrame.
  * - Event data only ever reaches the page through textContent and attributes, never as HTML.
  */
 (function () {
@@ -28,6 +35,9 @@
   const HEARTBEAT_EVERY_MS = 25000;
   const HEARTBEAT_TIMEOUT_MS = 10000;
   const MAX_EXECUTIONS_SHOWN = 50;
+  const FALLBACK_AFTER_FAILED_OPENS = 2; // WebSocket attempts in a row that never opened
+  const STREAM_RECONNECTS_ALLOWED = 2; // EventSource's own reconnects in a row, then ours
+  const LOCATE_TIMEOUT_MS = 10000; // the history request made before each stream opens
 
   const root = document.getElementById("dashboard");
   if (!root) {
@@ -45,15 +55,20 @@
   const demoStatus = document.getElementById("demo-status");
   const graphLinks = Array.from(root.querySelectorAll("a[data-graph-id]"));
 
-  /** graph id -> {id, label, lastSeq, acked, executions: Map, el, listEl, emptyEl, notice} */
+  /** graph id -> {id, label, lastSeq, positioned, eventsUrl, historyUrl, executions: Map, el, ...} */
   const graphs = new Map();
   let current = null; // the graph shown
   let socket = null; // the live WebSocket, or null
-  let subscribed = new Set(); // graphs subscribed on the current socket
+  let subscribed = new Map(); // graph id -> "pending" or "active" on the current socket
   let attempt = 0; // reconnect attempts since the last successful open
   let reconnectTimer = null;
   let heartbeatTimer = null;
   let pongTimer = null;
+  let socketStatus = { state: "idle", detail: "" }; // what the WebSocket is doing
+  let failedOpens = 0; // WebSocket attempts in a row that closed (or failed) before opening
+  let fallback = false; // the WebSocket cannot open: follow the graph shown over Server-Sent Events
+  let stream = null; // the Server-Sent Events stream: {graphId, source, open, errors, attempt, ...}
+  let everConnected = false; // some connection was live once: a new attempt is a reconnect
   let gaveUp = false; // the session ended: reconnecting would only fail again
 
   // --- small DOM helpers ---------------------------------------------------------------
@@ -118,6 +133,14 @@
     announcer.textContent = message;
   }
 
+  function parseJson(text) {
+    try {
+      return JSON.parse(text);
+    } catch (error) {
+      return null;
+    }
+  }
+
   // --- the connection indicator ----------------------------------------------------------
 
   const CONNECTION_TEXT = {
@@ -128,17 +151,37 @@
     offline: "Offline",
   };
 
-  function setConnection(state, detail) {
+  function setConnection(state, detail, transport) {
     const text = CONNECTION_TEXT[state] + (detail ? " (" + detail + ")" : "");
+    connectionEl.dataset.transport = transport || ""; // "websocket" or "sse" while one is live
     if (connectionEl.dataset.state === state && connectionText.textContent === text) return;
     connectionEl.dataset.state = state;
     connectionText.textContent = text;
   }
 
+  /** The transport that is live (the WebSocket first), else what the connections are doing. */
+  function showConnection() {
+    if (gaveUp) setConnection("offline", "signed out");
+    else if (socket && socket.readyState === WebSocket.OPEN) setConnection("connected", "WebSocket", "websocket");
+    else if (stream && stream.open) setConnection("connected", "Server-Sent Events", "sse");
+    else if (navigator.onLine === false) setConnection("offline", "no network");
+    else if (stream) setConnection(everConnected ? "reconnecting" : "connecting", "Server-Sent Events");
+    else setConnection(socketStatus.state, socketStatus.detail);
+  }
+
+  function setSocketStatus(state, detail) {
+    socketStatus = { state: state, detail: detail || "" };
+    showConnection();
+  }
+
   // --- per-graph state and rendering -----------------------------------------------------
 
+  function linkOf(graphId) {
+    return graphLinks.find((a) => a.dataset.graphId === graphId) || null;
+  }
+
   function labelOf(graphId) {
-    const link = graphLinks.find((a) => a.dataset.graphId === graphId);
+    const link = linkOf(graphId);
     return link ? link.dataset.graphLabel || graphId : graphId;
   }
 
@@ -159,19 +202,23 @@
     const list = el("div", "execution-list");
     section.append(empty, list);
     executionsEl.append(section);
+    const link = linkOf(graphId);
     state = {
       id: graphId,
       label: labelOf(graphId),
-      lastSeq: 0,
-      acked: false,
+      lastSeq: 0, // the number the page is up to: anything at or below it is dropped
+      positioned: false, // lastSeq is a place in the graph's history (acknowledged or located)
+      requestedSince: undefined, // the `since` of the latest WebSocket subscription
+      eventsUrl: (link && link.dataset.eventsUrl) || "", // its Server-Sent Events stream
+      historyUrl: (link && link.dataset.historyUrl) || "", // its history (where a stream starts)
       executions: new Map(),
       el: section,
       listEl: list,
       emptyEl: empty,
       notice: "",
     };
-    // What tests and curious people can read off the page: the subscription, the last event
-    // number shown, and how many events were rendered (each exactly once).
+    // What tests and curious people can read off the page: the subscription (on either
+    // transport), the number the page is up to, and how many events were rendered (each once).
     section.dataset.subscription = "none";
     section.dataset.lastSeq = "0";
     section.dataset.applied = "0";
@@ -194,6 +241,19 @@
       noticeEl.textContent = message;
       noticeEl.hidden = !message;
     }
+  }
+
+  /** An error frame of the WebSocket, or an error event of the stream. */
+  function serverSaid(state, error) {
+    showNotice(state, "The server said: " + error);
+  }
+
+  /** "active" when either transport brings the graph's events, "pending" while one sets up. */
+  function showSubscription(state) {
+    const onSocket = subscribed.get(state.id);
+    const onStream = stream && stream.graphId === state.id ? (stream.open ? "active" : "pending") : undefined;
+    state.el.dataset.subscription =
+      onSocket === "active" || onStream === "active" ? "active" : onSocket || onStream || "none";
   }
 
   function createExecution(state, result) {
@@ -401,31 +461,32 @@
   function subscribe(graphId) {
     const state = graphState(graphId);
     const data = { graph_id: graphId };
-    if (state.acked) {
-      data.since = state.lastSeq; // a resume: everything after what is on the page
+    if (state.positioned) {
+      data.since = state.lastSeq; // a resume: everything after what the page holds
     } else {
       data.snapshot = true; // the first time: the current state of the latest execution
     }
     if (send({ method: "subscribe", data: data })) {
-      subscribed.add(graphId);
-      state.el.dataset.subscription = "pending";
+      subscribed.set(graphId, "pending");
+      state.requestedSince = data.since; // what the answer's position is about
+      showSubscription(state);
     }
   }
 
   function unsubscribe(graphId) {
     if (subscribed.delete(graphId)) {
       send({ method: "unsubscribe", data: { graph_id: graphId } });
-      graphs.get(graphId).el.dataset.subscription = "none";
+      showSubscription(graphs.get(graphId));
     }
   }
 
-  function onSubscribed(graphId, position) {
-    const state = graphs.get(graphId);
-    if (!state) return;
-    state.acked = true;
-    if (subscribed.has(graphId)) state.el.dataset.subscription = "active";
-    if (!position) return;
-    if (position.head < state.lastSeq) {
+  /**
+   * Where the server's history of a graph stands, for a subscription or a stream that asked for
+   * what follows `since`. Compared with `since`, not with lastSeq: the other transport may have
+   * moved the page on meanwhile.
+   */
+  function onPosition(state, position, since) {
+    if (typeof since === "number" && position.head < since) {
       // The server's history restarted (another database): what is shown no longer matches.
       resetGraph(state);
       showNotice(state, "The server's history was reset; showing it afresh.");
@@ -441,24 +502,33 @@
     }
   }
 
-  function onFrame(text) {
-    let frame;
-    try {
-      frame = JSON.parse(text);
-    } catch (error) {
-      return;
+  function onSubscribed(graphId, position) {
+    const state = graphs.get(graphId);
+    if (!state) return;
+    state.positioned = true;
+    if (subscribed.has(graphId)) {
+      subscribed.set(graphId, "active");
+      showSubscription(state);
     }
+    if (position) onPosition(state, position, state.requestedSince);
+    // From here the socket brings everything after what the page holds: the stream can go.
+    if (stream && stream.graphId === graphId && subscribed.get(graphId) === "active") stopStream();
+  }
+
+  /** One frame's text, from the WebSocket, or an event's data from the stream (with its id). */
+  function onFrame(text, seq) {
+    const frame = parseJson(text);
     if (!frame || typeof frame !== "object") return;
     switch (frame.method) {
       case "execution_event":
-        applyEvent(frame.channel, frame.data, frame.seq);
+        applyEvent(frame.channel, frame.data, seq === undefined ? frame.seq : seq);
         break;
       case "subscribe":
         if (frame.success) onSubscribed(frame.channel, frame.data);
         break;
       case "error": {
         const state = frame.channel ? graphs.get(frame.channel) : graphs.get(current);
-        if (state) showNotice(state, "The server said: " + frame.error);
+        if (state) serverSaid(state, frame.error);
         break;
       }
       default:
@@ -491,21 +561,27 @@
     window.clearTimeout(reconnectTimer);
     reconnectTimer = null;
     if (socket || gaveUp) return;
-    setConnection(attempt === 0 ? "connecting" : "reconnecting", attempt ? "attempt " + (attempt + 1) : "");
+    setSocketStatus(attempt === 0 ? "connecting" : "reconnecting", attempt ? "attempt " + (attempt + 1) : "");
     let ws;
     try {
       ws = new WebSocket(socketUrl());
     } catch (error) {
+      failedToOpen();
       scheduleReconnect();
       return;
     }
     socket = ws;
-    subscribed = new Set();
+    subscribed = new Map();
+    let opened = false;
     ws.addEventListener("open", function () {
       if (socket !== ws) return;
+      opened = true;
       attempt = 0;
-      setConnection("connected");
+      failedOpens = 0;
+      fallback = false; // a stream still open stays until the socket has its graph (onSubscribed)
+      everConnected = true;
       startHeartbeat();
+      showConnection();
       if (current) subscribe(current);
     });
     ws.addEventListener("message", function (event) {
@@ -516,8 +592,17 @@
     });
     ws.addEventListener("close", function (event) {
       if (socket !== ws) return;
+      if (!opened) failedToOpen();
       lost(event.code);
     });
+  }
+
+  /** One more WebSocket attempt that never opened; after a few in a row, Server-Sent Events. */
+  function failedToOpen() {
+    failedOpens += 1;
+    if (failedOpens < FALLBACK_AFTER_FAILED_OPENS || fallback || gaveUp) return;
+    fallback = true;
+    if (current) follow(current);
   }
 
   /** Give up on a socket that stopped answering, and reconnect. */
@@ -533,43 +618,236 @@
 
   function lost(code) {
     socket = null;
-    subscribed = new Set();
-    for (const state of graphs.values()) state.el.dataset.subscription = "none";
+    subscribed = new Map();
+    for (const state of graphs.values()) showSubscription(state);
     stopHeartbeat();
     if (code === 4001) {
-      // No valid session any more (logged out, password changed, session expired).
-      gaveUp = true;
-      setConnection("offline", "signed out");
-      const state = current && graphs.get(current);
-      if (state) showNotice(state, "Your session has ended. Reload the page and log in again.");
+      signedOut(); // no valid session any more (logged out, password changed, session expired)
       return;
     }
     scheduleReconnect();
   }
 
+  /** The session ended (a 4001 close, or a 401 over HTTP): stop every connection for good. */
+  function signedOut() {
+    gaveUp = true;
+    window.clearTimeout(reconnectTimer);
+    reconnectTimer = null;
+    stopStream();
+    if (socket) {
+      const ws = socket;
+      socket = null; // its close event is ignored from here
+      subscribed = new Map();
+      stopHeartbeat();
+      try {
+        ws.close();
+      } catch (error) {
+        /* already closing */
+      }
+    }
+    for (const state of graphs.values()) showSubscription(state);
+    showConnection();
+    const state = current && graphs.get(current);
+    if (state) showNotice(state, "Your session has ended. Reload the page and log in again.");
+  }
+
+  /** Exponential backoff with "equal jitter": half the delay fixed, half random. */
+  function backoff(attempts) {
+    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * Math.pow(2, Math.min(attempts, 16)));
+    return ceiling / 2 + Math.random() * (ceiling / 2);
+  }
+
   function scheduleReconnect() {
     if (reconnectTimer !== null || gaveUp) return;
-    // Exponential backoff with "equal jitter": half the delay fixed, half random.
-    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * Math.pow(2, attempt));
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    const delay = backoff(attempt);
     attempt += 1;
-    if (navigator.onLine === false) {
-      setConnection("offline", "no network");
-    } else {
-      setConnection("reconnecting", "next try in " + Math.max(1, Math.round(delay / 1000)) + " s");
-    }
+    setSocketStatus("reconnecting", "next try in " + Math.max(1, Math.round(delay / 1000)) + " s");
     reconnectTimer = window.setTimeout(connect, delay);
   }
 
   window.addEventListener("online", function () {
-    if (!socket && !gaveUp) {
+    if (gaveUp) return;
+    // The network is back: no need to wait out the backoffs.
+    if (!socket) {
       attempt = 0;
-      connect(); // the network is back: no need to wait out the backoff
+      connect();
     }
+    if (stream && stream.timer !== null) {
+      window.clearTimeout(stream.timer);
+      stream.timer = null;
+      stream.attempt = 0;
+      locate(stream);
+    }
+    showConnection();
   });
-  window.addEventListener("offline", function () {
-    if (!socket) setConnection("offline", "no network");
-  });
+  window.addEventListener("offline", showConnection);
+
+  // --- Server-Sent Events, while the WebSocket cannot open ---------------------------------
+
+  /** Follow a graph over Server-Sent Events: one stream, for the graph shown. */
+  function follow(graphId) {
+    if (gaveUp || (stream && stream.graphId === graphId)) return;
+    stopStream();
+    const state = graphState(graphId);
+    if (!state.eventsUrl || !state.historyUrl) {
+      showNotice(state, "Live updates of this graph need the WebSocket, which cannot connect.");
+      return;
+    }
+    stream = {
+      graphId: graphId,
+      source: null, // the EventSource, while one is open or reconnecting
+      open: false,
+      errors: 0, // errors in a row since it last opened (the browser reconnects by itself)
+      attempt: 0, // our own reopenings since it last opened, for the backoff
+      timer: null,
+      abort: null, // the history request in flight
+    };
+    showSubscription(state);
+    showConnection();
+    locate(stream);
+  }
+
+  function stopStream() {
+    const entry = stream;
+    if (!entry) return;
+    stream = null;
+    window.clearTimeout(entry.timer);
+    if (entry.abort) entry.abort.abort();
+    if (entry.source) entry.source.close();
+    const state = graphs.get(entry.graphId);
+    if (state) showSubscription(state);
+    showConnection();
+  }
+
+  /**
+   * Ask the graph's history where it stands before each (re)opening of the stream. A page that
+   * holds nothing of the graph starts after its head (live from now on, and a reconnect resumes
+   * from there); an answer other than 200 says why a stream would fail: 401, the session ended;
+   * 403 and the like, the graph cannot be followed; anything else is tried again later.
+   */
+  async function locate(entry) {
+    const state = graphs.get(entry.graphId);
+    const controller = new AbortController();
+    entry.abort = controller;
+    const timeout = window.setTimeout(function () {
+      controller.abort();
+    }, LOCATE_TIMEOUT_MS);
+    let status = 0;
+    let answer = null;
+    try {
+      const response = await fetch(state.historyUrl + "?limit=1&since=" + state.lastSeq, {
+        credentials: "same-origin",
+        cache: "no-store",
+        headers: { Accept: "application/json" },
+        signal: controller.signal,
+      });
+      status = response.status;
+      answer = await response.json();
+    } catch (error) {
+      /* no answer (status 0), or not JSON */
+    } finally {
+      window.clearTimeout(timeout);
+    }
+    if (stream !== entry) return; // stopped or replaced meanwhile
+    entry.abort = null;
+    if (subscribed.has(entry.graphId)) {
+      stopStream(); // the WebSocket opened meanwhile and has the graph
+      return;
+    }
+    if (status === 401) {
+      signedOut();
+      return;
+    }
+    if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
+      serverSaid(state, (answer && answer.error) || "HTTP " + status);
+      stopStream();
+      return;
+    }
+    if (status !== 200 || !answer || typeof answer.head !== "number") {
+      retryStream(entry);
+      return;
+    }
+    if (!state.positioned) {
+      state.positioned = true;
+      if (answer.head > state.lastSeq) {
+        state.lastSeq = answer.head;
+        state.el.dataset.lastSeq = String(answer.head);
+      }
+    }
+    openSource(entry);
+  }
+
+  function openSource(entry) {
+    const state = graphs.get(entry.graphId);
+    let source;
+    try {
+      // Same origin: the session cookie goes along. `since` for this opening only: the
+      // browser's own reconnects send Last-Event-ID, the last id it received.
+      source = new EventSource(state.eventsUrl + "?since=" + state.lastSeq);
+    } catch (error) {
+      retryStream(entry);
+      return;
+    }
+    entry.source = source;
+    source.addEventListener("open", function () {
+      if (entry.source !== source) return;
+      entry.open = true;
+      entry.errors = 0;
+      entry.attempt = 0;
+      everConnected = true;
+      showSubscription(state);
+      showConnection();
+    });
+    source.addEventListener("execution_event", function (event) {
+      if (entry.source !== source) return;
+      onFrame(event.data, /^\d+$/.test(event.lastEventId) ? Number(event.lastEventId) : undefined);
+    });
+    source.addEventListener("gap", function (event) {
+      if (entry.source !== source) return;
+      const gap = parseJson(event.data);
+      if (gap && typeof gap.head === "number" && typeof gap.oldest === "number") {
+        onPosition(state, { head: gap.head, oldest: gap.oldest, truncated: true }, gap.requested_since);
+      }
+    });
+    source.addEventListener("error", function (event) {
+      if (entry.source !== source) return;
+      if (typeof event.data === "string") {
+        // The server's error event; the stream ends after it and is resumed (a revoked
+        // session is then refused: 401).
+        const error = parseJson(event.data);
+        serverSaid(state, error && typeof error.error === "string" ? error.error : event.data);
+        return;
+      }
+      // The connection failed or ended. The browser reconnects by itself (with Last-Event-ID)
+      // unless the server refused the stream (CLOSED); after a few failures in a row, or that,
+      // the stream is reopened with a backoff, the history asked first.
+      entry.open = false;
+      entry.errors += 1;
+      if (source.readyState === EventSource.CLOSED || entry.errors > STREAM_RECONNECTS_ALLOWED) {
+        retryStream(entry);
+      } else {
+        showSubscription(state);
+        showConnection();
+      }
+    });
+  }
+
+  function retryStream(entry) {
+    if (entry.source) entry.source.close();
+    entry.source = null;
+    entry.open = false;
+    entry.errors = 0;
+    const delay = backoff(entry.attempt);
+    entry.attempt += 1;
+    window.clearTimeout(entry.timer);
+    entry.timer = window.setTimeout(function () {
+      entry.timer = null;
+      if (stream === entry) locate(entry);
+    }, delay);
+    const state = graphs.get(entry.graphId);
+    if (state) showSubscription(state);
+    showConnection();
+  }
 
   // --- choosing a graph ------------------------------------------------------------------
 
@@ -599,9 +877,12 @@
       url.searchParams.set("graph", graphId);
       window.history.pushState({ graph: graphId }, "", url);
     }
+    if (stream && stream.graphId !== graphId) stopStream();
     if (socket && socket.readyState === WebSocket.OPEN) {
       if (previous) unsubscribe(previous);
       subscribe(graphId);
+    } else if (fallback) {
+      follow(graphId); // the WebSocket is still tried on its backoff
     } else if (!socket) {
       attempt = 0;
       connect(); // the open handler subscribes to the current graph
