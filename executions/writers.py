@@ -24,12 +24,13 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from django.db import close_old_connections, connection, connections
+from django.db import OperationalError, close_old_connections, connection, connections
 
 from executions import metrics
 from executions.exceptions import BatchNotStored
@@ -42,6 +43,8 @@ MAX_BATCH_EVENTS: Final = 5000
 SQLITE_CHECKPOINT_EVERY: Final = 50
 # How long closing waits for the writer to finish what it holds.
 CLOSE_TIMEOUT_SECONDS: Final = 30.0
+# How long a batch may wait for SQLite's locks held by other connections before it fails.
+LOCKED_RETRY_SECONDS: Final = 5.0
 # A sync caller's wait for its batch; the writer never holds one nearly this long.
 SYNC_WAIT_SECONDS: Final = 300.0
 
@@ -140,10 +143,9 @@ class Writers:
 
     def _commit(self, batch: Sequence[_Publish]) -> int:
         """Store a batch in one transaction; complete each caller's future. Returns the count."""
-        assert self._store is not None
         items = [item for publish in batch for item in publish.items]
         try:
-            stored = self._store(items)
+            stored = self._store_retrying_locks(items)
         except BaseException as exc:
             metrics.BATCHES_FAILED.inc()
             error = BatchNotStored(len(batch), len(items), exc)
@@ -163,6 +165,23 @@ class Writers:
             _settle(publish.done, result=stored[start:end])
             start = end
         return len(items)
+
+    def _store_retrying_locks(self, items: list[Any]) -> list[Any]:
+        """Store, trying again while SQLite reports a lock another connection holds for a moment
+        (a shared-cache database's table lock, a busy timeout run out): the failed transaction
+        rolled back whole, so trying again stores each event once."""
+        assert self._store is not None
+        deadline = time.monotonic() + LOCKED_RETRY_SECONDS
+        delay = 0.001
+        while True:
+            try:
+                return self._store(items)
+            except OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+            close_old_connections()
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 def _settle(done: "Future[list[Any]]", result: Any = None, exception: Any = None) -> None:

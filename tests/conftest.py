@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import SyncToAsync
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections
 
@@ -29,6 +30,20 @@ def browser_headers(
 ) -> list[tuple[bytes, bytes]]:
     """The Host and Origin headers of a browser's handshake (the Origin must match exactly)."""
     return [(b"host", host), (b"origin", origin)]
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An SQLite test database in a file, as the project runs on, not in memory.
+
+    In memory, SQLite shares one cache between connections and locks whole tables: the writer
+    thread's commit and a replay's read on another connection would refuse each other at once
+    ("database table is locked"), which never happens to a file in WAL mode with a busy timeout.
+    """
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        test_name = tmp_path_factory.mktemp("database") / "test.sqlite3"
+        database.setdefault("TEST", {})["NAME"] = str(test_name)
 
 
 @pytest.fixture(scope="session", autouse=True)
