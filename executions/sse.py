@@ -43,7 +43,9 @@ from executions.channels import ExecutionView, GraphView, View, execution_channe
 from executions.errors import BAD_CREDENTIALS
 from executions.exceptions import ExecutionsError
 from executions.fanout import local_fanout
+from executions.limits import open_connections
 from executions.outbox import Backlog
+from executions.protocol import ErrorText
 from executions.revocation import TOKEN_KEY
 from executions.schemas import MAX_GRAPH_ID_LENGTH
 from executions.scope import bearer_token
@@ -186,14 +188,65 @@ async def execution_events(request: HttpRequest, graph_exec_id: str) -> HttpResp
     return _event_stream(request, graph_id, view, scope)
 
 
+class _Slot:
+    """The connection slot a stream holds (limits.open_connections, which WebSockets count in
+    too), given back once: by the stream when it ends, or by Django closing the response, which
+    it does in a thread, also for a stream that never started."""
+
+    def __init__(self, user_key: object) -> None:
+        self.user_key = user_key
+        self._loop = asyncio.get_running_loop()
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            open_connections.release(self.user_key)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self.release)
+
+
+class _CountedStream:
+    """A stream's events, for StreamingHttpResponse, which calls close() when it is done."""
+
+    def __init__(self, events: AsyncIterator[bytes], slot: _Slot) -> None:
+        self._events = events
+        self.close = slot.close
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._events
+
+
+def _admit(user_key: object) -> HttpResponseBase | None:
+    """Count the stream in with the process's connections, or the answer that refuses it."""
+    over = open_connections.admit(
+        user_key,
+        max_total=conf.get("EXECUTIONS_MAX_CONNECTIONS"),
+        max_per_user=conf.get("EXECUTIONS_MAX_CONNECTIONS_PER_USER"),
+    )
+    if over == "process":
+        return _error(503, ErrorText.SERVER_FULL)
+    if over == "user":
+        limit = conf.get("EXECUTIONS_MAX_CONNECTIONS_PER_USER")
+        return _error(429, ErrorText.TOO_MANY_CONNECTIONS.format(limit=limit))
+    return None
+
+
 def _event_stream(
     request: HttpRequest, graph_id: str, view: View, scope: dict[str, Any]
 ) -> HttpResponseBase:
     since = _since(request)
     if isinstance(since, str):
         return _error(400, since)
+    user_key = scope["user"].pk
+    refusal = _admit(user_key)
+    if refusal is not None:
+        return refusal
+    slot = _Slot(user_key)
     response = StreamingHttpResponse(
-        _stream(graph_id, view, since, scope), content_type="text/event-stream; charset=utf-8"
+        _CountedStream(_stream(graph_id, view, since, scope, slot), slot),
+        content_type="text/event-stream; charset=utf-8",
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
@@ -201,7 +254,7 @@ def _event_stream(
 
 
 async def _stream(
-    graph_id: str, view: View, since: int | None, scope: dict[str, Any]
+    graph_id: str, view: View, since: int | None, scope: dict[str, Any], slot: _Slot
 ) -> AsyncIterator[bytes]:
     fanout = local_fanout(get_channel_layer())
     receiver = StreamReceiver()
@@ -258,6 +311,7 @@ async def _stream(
                 yield chunk
             delivered = seq
     finally:
+        slot.release()
         expiry.cancel()
         metrics.SUBSCRIPTIONS.dec()
         await fanout.discard(graph_id, receiver)

@@ -355,3 +355,24 @@ async def test_graph_ids_with_slashes_reach_each_route(
     expected = OPENING + sse_bytes(result, 1)
     assert await stream.read_until(expected) == expected
     await stream.disconnect()
+
+
+async def test_streams_count_with_websockets_toward_the_connection_limits(
+    open_stream: Any, connect: Any, alice_token: str, settings: Any
+) -> None:
+    settings.EXECUTIONS_MAX_CONNECTIONS_PER_USER = 1
+    stream = await open_stream(token=alice_token)
+    assert await stream.read_until(OPENING) == OPENING
+    too_many = "Too many connections for this user: at most 1."
+
+    websocket = await connect(token=alice_token)
+    refused = await open_stream(token=alice_token)
+
+    assert (await websocket.receive_json_from(timeout=TIMEOUT))["error"] == too_many
+    assert (await websocket.receive_output(timeout=TIMEOUT))["code"] == 4030
+    assert refused.status == 429
+    assert json.loads(await refused.read_to_end()) == {"error": too_many}
+    await stream.disconnect()
+    # The stream gave its slot back when it ended.
+    again = await open_stream(token=alice_token)
+    assert (again.status, await again.read_until(OPENING)) == (200, OPENING)
