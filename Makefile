@@ -70,11 +70,12 @@ matrix: install
 	$(BIN)/nox -t matrix
 
 $(BIN)/.bench-installed: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,postgres]"
 	@touch $@
 
+# BENCH_ARGS go to bench/run.py, e.g. BENCH_ARGS="--scenarios f --database postgres".
 bench: $(BIN)/.bench-installed
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 bench-layers: install
 	$(BIN)/python bench/layer_choice.py

@@ -26,11 +26,15 @@ Workers talk to the parent over a ``multiprocessing`` pipe:
 ``("ready", stats)`` -> ``("go", {...})`` -> ``("result", stats)``; the parent may send
 ``("stop", None)`` at any time.
 
-Optional spec keys (bench/sockets.py and bench/scale_out.py use them; bench/run.py does not):
+Optional spec keys (bench/sockets.py and bench/scale_out.py use the first two):
 ``local_addrs``, source addresses (e.g. ``127.0.0.2``) given to the connections in turn, so
-that many thousands of connections are not limited by one address's ephemeral ports; and
-``nofile``, the open-file limit the worker raises itself to. The ready message carries each
-connection's connect time (TCP connect to subscribe ack, microseconds) in ``connect_us``.
+that many thousands of connections are not limited by one address's ephemeral ports;
+``nofile``, the open-file limit the worker raises itself to; and ``streams`` (bench/run.py's
+``ingest-delivered``), the number of publishers that publish at once, publisher ``p`` sending
+the ``p``-th of that many equal contiguous ranges of event numbers in order: the order is then
+checked within each range, since the order across concurrent publishers is not defined. The
+ready message carries each connection's connect time (TCP connect to subscribe ack,
+microseconds) in ``connect_us``.
 """
 
 import asyncio
@@ -87,6 +91,11 @@ def new_event_loop_factory() -> Any:
     return uvloop.new_event_loop
 
 
+def stream_size(events: int, streams: int) -> int:
+    """Event numbers per publisher when `streams` publishers split ``0..events-1`` evenly."""
+    return max(1, -(-events // max(1, streams)))
+
+
 def expected_per_graph(plan: Sequence[int], graphs: int) -> list[int]:
     counts = [0] * graphs
     for graph_index in plan:
@@ -114,8 +123,10 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
 class WorkerState:
     """What every connection of one worker shares: the plan and the running totals."""
 
-    def __init__(self, plan: Sequence[int]) -> None:
+    def __init__(self, plan: Sequence[int], streams: int = 1) -> None:
         self.plan = bytes(plan) if max(plan, default=0) < 256 else list(plan)
+        self.streams = max(1, streams)
+        self.stream_size = stream_size(len(plan), self.streams)
         self.remaining = 0  # unique frames still expected over the connected subscribers
         self.first_rx = 0
         self.last_rx = 0
@@ -136,7 +147,7 @@ class Tally:
         "duplicated",
         "foreign",
         "graph_index",
-        "last_seq",
+        "last_seqs",
         "out_of_order",
         "seen",
         "state",
@@ -152,7 +163,7 @@ class Tally:
         self.duplicated = 0
         self.out_of_order = 0
         self.foreign = 0
-        self.last_seq = -1
+        self.last_seqs = [-1] * state.streams  # the last number seen of each publisher's range
 
     def event(self, buf: bytes | bytearray, start: int, end: int) -> bool:
         """Count the text frame ``buf[start:end]`` if it is an execution event."""
@@ -182,10 +193,11 @@ class Tally:
         self.seen[seq] = 1
         self.unique += 1
         state.remaining -= 1
-        if seq < self.last_seq:
+        stream = seq // state.stream_size
+        if seq < self.last_seqs[stream]:
             self.out_of_order += 1
         else:
-            self.last_seq = seq
+            self.last_seqs[stream] = seq
         return True
 
 
@@ -474,7 +486,7 @@ async def run_worker(spec: dict[str, Any], pipe: Connection) -> None:
     if spec.get("nofile"):
         nofile = raise_open_file_limit(spec["nofile"])
     local_addrs: list[str] = list(spec.get("local_addrs") or [])
-    state = WorkerState(spec["plan"])
+    state = WorkerState(spec["plan"], spec.get("streams", 1))
     per_graph = expected_per_graph(spec["plan"], spec["graphs"])
     subscriptions: list[tuple[str, int]] = spec["subscriptions"]
     tallies = [Tally(state, graph_index) for _, graph_index in subscriptions]

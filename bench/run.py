@@ -14,9 +14,12 @@ Servers (``--servers``, comma-separated):
 * ``uvicorn`` / ``uvicorn-redis``: ``uvicorn project.asgi:application --no-access-log`` on the
   same two layers.
 
-Our app runs on a fresh migrated SQLite site (tests/servers.py), with one user owning every
-graph and one WebSocket token; it is published to through ``POST /api/executions`` with the
-ingest token, like the FastAPI baseline (which ignores the token).
+Our app runs on a fresh migrated site, with one user owning every graph and one WebSocket
+token; it is published to through ``POST /api/executions`` with the ingest token, like the
+FastAPI baseline (which ignores the token). ``--database`` picks the site's database:
+``sqlite`` (the default; a file in a temporary directory, tests/servers.py) or ``postgres``: a
+fresh database ``bench_<run id>`` created with psycopg on the server of ``--postgres-url``,
+migrated, and dropped at the end of the run. The baselines store nothing either way.
 
 Scenarios (``--scenarios``, comma-separated names or letters):
 
@@ -26,19 +29,32 @@ Scenarios (``--scenarios``, comma-separated names or letters):
 * (d) ``idle``: 2000 subscribed connections over 100 graphs; server RSS per connection and
   the server's CPU over an idle window; then one event per graph checks they all still work.
 * (e) ``ingest``: events/s accepted by the ingest path, single-event and batched requests,
-  from several keep-alive connections, with nobody subscribed.
+  from ``--ingest-concurrency`` concurrent publishers (50 in the full sizes), each on its own
+  keep-alive connection with one request in flight, with nobody subscribed.
+* (f) ``ingest-delivered``: events stored and delivered: ``--delivered-publishers`` concurrent
+  publishers (4) send ``--delivered-events`` events (200,000) to one graph in batched requests
+  (``--delivered-batch``, 500 events each), each publisher its own contiguous range of event
+  numbers, in order; ``--delivered-subscribers`` WebSocket subscribers (1) of the graph count
+  what they receive (lost, duplicated, and out of order within each publisher's range, as the
+  order across concurrent publishers is not defined). Reports the events/s accepted (202 from
+  the server: our app answers once they are stored), the events the database holds for the
+  graph afterwards (its sequence head, our app only), and the figure: events/s delivered, every
+  subscriber's events over the time from the first publish to the last frame received.
 
 The fan-out scenarios publish in batches (one request in flight, so the order is defined). Every
 row reports delivered / expected, lost, duplicated, out of order, delivered frames/s,
 publish-to-receive latency, the client's CPU seconds (all workers) and the server's (psutil),
 and its figure's ratio against the FastAPI baseline of the same run.
 
-Writes bench/results/<timestamp>.jsonl (``-quick`` suffixed for ``--quick``), a Markdown table
-to stdout and bench/results/latest.md, and bench/results/latest.png. Run from anywhere:
+Writes bench/results/<timestamp>.jsonl (``-postgres`` suffixed on PostgreSQL, ``-quick`` for
+``--quick``), a Markdown table to stdout and bench/results/latest.md, and
+bench/results/latest.png. Run from anywhere:
 
     .venv/bin/python bench/run.py                  # full sizes, under 10 minutes on 2 cores
     .venv/bin/python bench/run.py --quick          # scaled-down smoke run
     .venv/bin/python bench/run.py --servers fastapi,daphne --scenarios a,c
+    .venv/bin/python bench/run.py --servers fastapi,daphne,uvicorn --scenarios f \
+        --database postgres
 
 Every wait is bounded: a scenario that stalls (nothing arrives for a few seconds) records
 what arrived and moves on, and ``--budget`` seconds bound the whole run (later rows are
@@ -49,23 +65,26 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
 import platform
 import secrets
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -77,12 +96,14 @@ import loadgen  # noqa: E402
 
 RESULTS = BENCH / "results"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+DATABASES = ("sqlite", "postgres")
 HOST = "127.0.0.1"
 
 BASELINE = "fastapi"
 SERVERS = ("fastapi", "websockets", "daphne", "uvicorn", "daphne-redis", "uvicorn-redis")
-SCENARIOS = ("fanout", "spread", "latency", "idle", "ingest")
-SCENARIO_LETTERS = dict(zip("abcde", SCENARIOS, strict=True))
+SCENARIOS = ("fanout", "spread", "latency", "idle", "ingest", "ingest-delivered")
+SCENARIO_LETTERS = dict(zip("abcdef", SCENARIOS, strict=True))
 
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 5.0
@@ -91,6 +112,8 @@ WORKER_EXIT_TIMEOUT = 5.0
 SETTLE_SECONDS = 1.0  # after the last subscribe ack, before measuring idle memory
 GRACE_SECONDS = 0.3  # after every expected frame arrived, to catch duplicates
 MIN_SECONDS_LEFT = 15.0  # a row starts only with this much of the budget left
+POSTGRES_TIMEOUT = 10.0  # connecting to PostgreSQL, creating or dropping a database
+MIGRATE_TIMEOUT = 180.0
 
 # About the size of a real node result: the frame every subscriber receives is ~650 bytes.
 OUTPUT_PADDING = "x" * 180
@@ -113,7 +136,11 @@ class Sizes:
     idle_seconds: float = 5.0
     ingest_seconds: float = 3.0
     ingest_batch: int = 100
-    ingest_concurrency: int = 4
+    ingest_concurrency: int = 50
+    delivered_events: int = 200_000
+    delivered_batch: int = 500
+    delivered_publishers: int = 4
+    delivered_subscribers: int = 1
     connect_timeout: float = 60.0
     delivery_deadline: float = 60.0
     stall_seconds: float = 5.0
@@ -134,6 +161,10 @@ QUICK = Sizes(
     idle_seconds=1.0,
     ingest_seconds=1.0,
     ingest_batch=50,
+    ingest_concurrency=4,
+    delivered_events=5_000,
+    delivered_batch=100,
+    delivered_publishers=2,
     connect_timeout=30.0,
     delivery_deadline=20.0,
     stall_seconds=3.0,
@@ -173,6 +204,7 @@ class ServerSpec:
     token: str = ""  # WebSocket token (?token=)
     ingest_token: str = ""  # Bearer token of POST /api/executions
     asgi: str = "project.asgi:application"  # our app's ASGI entry (bench/probe_asgi.py wraps it)
+    database: str = ""  # our app's: "sqlite" or "postgres"; the baselines store nothing
 
     def command(self, port: int) -> list[str]:
         python = sys.executable
@@ -303,6 +335,7 @@ class HttpPublisher:
 
     def __init__(self, port: int, token: str) -> None:
         self.port = port
+        self.token = token
         self.head = (
             f"POST /api/executions HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
             "Content-Type: application/json\r\n"
@@ -310,6 +343,10 @@ class HttpPublisher:
         ).encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+
+    def clone(self) -> "HttpPublisher":
+        """Another publisher to the same server, on a connection of its own."""
+        return HttpPublisher(self.port, self.token)
 
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
@@ -376,8 +413,13 @@ class WsPublisher:
     """The websockets baseline's publisher connection on /publish, acknowledged per message."""
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.url = f"ws://{HOST}:{port}/publish"
         self.connection: Any = None
+
+    def clone(self) -> "WsPublisher":
+        """Another publisher to the same server, on a connection of its own."""
+        return WsPublisher(self.port)
 
     async def open(self) -> None:
         from websockets.asyncio.client import connect
@@ -430,6 +472,90 @@ async def publish_batched(
         events = [make_event(graph_ids[plan[seq]], seq) for seq in seqs]
         published += await publisher.send(body_of(events, as_list=True))
     return published
+
+
+class EventTemplate:
+    """``make_event``'s JSON for one graph with the number and send time left open: a batch of
+    thousands of events is then a bytes format per event, not a dict and ``json.dumps`` each,
+    so that the publisher (this process, on the same cores as the server) stays cheap."""
+
+    SEQ = '"node_exec_id":"0"'
+    SENT = '"bench_t":0'
+
+    def __init__(self, graph_id: str) -> None:
+        event = make_event(graph_id, 0)
+        event["input_data"] = {"bench_t": 0}
+        text = json.dumps(event, separators=(",", ":")).replace("%", "%%")
+        # node_exec_id comes before input_data in make_event, so (seq, sent) is the order.
+        assert text.count(self.SEQ) == 1
+        assert text.count(self.SENT) == 1
+        assert text.index(self.SEQ) < text.index(self.SENT)
+        text = text.replace(self.SEQ, '"node_exec_id":"%d"').replace(self.SENT, '"bench_t":%d')
+        self.template = text.encode()
+
+    def batch(self, seqs: Iterable[int]) -> bytes:
+        """A JSON array of the events numbered `seqs`, stamped with the time now."""
+        template, sent = self.template, time.time_ns()
+        return b"[" + b",".join([template % (seq, sent) for seq in seqs]) + b"]"
+
+
+@dataclass
+class Progress:
+    """What concurrent publishers have done so far (kept when a deadline cancels them)."""
+
+    accepted: int = 0
+    requests: int = 0
+    first_send: float = 0.0  # time.monotonic()
+    last_reply: float = 0.0
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return self.last_reply - self.first_send if self.first_send else 0.0
+
+
+async def publish_concurrently(
+    first: Publisher,
+    graph_id: str,
+    events: int,
+    batch: int,
+    publishers: int,
+    progress: Progress,
+) -> int:
+    """Events ``0..events-1`` to one graph from `publishers` connections at once, `batch` per
+    request, one request in flight each; publisher p sends the p-th contiguous range (of
+    loadgen.stream_size numbers) in order. A publisher that fails stops; the others go on."""
+    size = loadgen.stream_size(events, publishers)
+    clients = [first, *(first.clone() for _ in range(publishers - 1))]
+    template = EventTemplate(graph_id)
+
+    async def one(client: Publisher, low: int, high: int) -> None:
+        for start in range(low, high, batch):
+            body = template.batch(range(start, min(start + batch, high)))
+            if not progress.first_send:
+                progress.first_send = time.monotonic()
+            try:
+                # Awaited first: `progress.accepted += await ...` would read the total before the
+                # await and lose what the other publishers added meanwhile.
+                accepted = await client.send(body)
+            except (TimeoutError, PublishError, OSError) as exc:
+                progress.errors.append(f"publish failed: {type(exc).__name__}: {exc}"[:300])
+                return
+            progress.accepted += accepted
+            progress.requests += 1
+            progress.last_reply = time.monotonic()
+
+    try:
+        for client in clients:
+            await asyncio.wait_for(client.open(), REQUEST_TIMEOUT)
+        ranges = [(low, min(low + size, events)) for low in range(0, events, size)]
+        await asyncio.gather(
+            *(one(client, low, high) for client, (low, high) in zip(clients, ranges, strict=False))
+        )
+    finally:
+        for client in clients[1:]:  # the caller closes the first
+            await client.close()
+    return progress.accepted
 
 
 async def publish_paced(
@@ -523,6 +649,9 @@ class Context:
     log_dir: Path
     deadline: float  # time.monotonic() by which the run must end
     run_id: str
+    database: str = "sqlite"  # our app's database
+    # A graph's sequence head in our app's database (the events it ever stored), or None.
+    graph_head: Callable[[str], int | None] | None = None
 
 
 def percentile(ordered: Sequence[int], fraction: float) -> float:
@@ -534,6 +663,7 @@ def empty_row(server: ServerSpec, scenario: str, label: str) -> dict[str, Any]:
         "server": server.name,
         "app": server.app,
         "layer": server.layer,
+        "database": server.database or None,
         "scenario": scenario,
         "label": label,
         "subscribers": 0,
@@ -607,8 +737,11 @@ async def run_delivery(
     publish: PublishPlan,
     deadline: float,
     idle_seconds: float = 0.0,
+    streams: int = 1,
 ) -> dict[str, Any]:
-    """Subscribers in worker processes, a publisher here; the row of what arrived."""
+    """Subscribers in worker processes, a publisher here; the row of what arrived.
+
+    `streams`: the number of concurrent publishers `publish` runs (see loadgen's ``streams``)."""
     sizes = ctx.sizes
     row = empty_row(spec, scenario, label)
     per_graph = loadgen.expected_per_graph(plan, len(ctx.graph_ids))
@@ -632,6 +765,7 @@ async def run_delivery(
                 "connect_timeout": sizes.connect_timeout,
                 "go_timeout": sizes.connect_timeout + idle_seconds + 60,
                 "client": ctx.client,
+                "streams": streams,
             }
             for share in split_round_robin(subscriptions, ctx.workers)
         ]
@@ -843,7 +977,8 @@ async def scenario_ingest(ctx: Context, spec: ServerSpec) -> list[dict[str, Any]
             kind = "single" if batch == 1 else "batched"
             label = (
                 f"{batch} event{'s' if batch > 1 else ''} per request, {s.ingest_concurrency} "
-                f"keep-alive connections, {s.ingest_seconds:g} s, no subscribers"
+                f"concurrent publishers (keep-alive connections), {s.ingest_seconds:g} s, "
+                "no subscribers"
             )
             row = empty_row(spec, f"ingest-{kind}", label)
             events = [make_event(ctx.graph_ids[0], seq) for seq in range(batch)]
@@ -907,12 +1042,94 @@ async def measure_ingest(
     row["notes"].extend(dict.fromkeys(errors))
 
 
+async def scenario_ingest_delivered(ctx: Context, spec: ServerSpec) -> list[dict[str, Any]]:
+    s = ctx.sizes
+    graph_id = ctx.graph_ids[0]
+    publishers = max(1, min(s.delivered_publishers, s.delivered_events))
+    subscribers = max(1, s.delivered_subscribers)
+    plan = [0] * s.delivered_events
+    progress = Progress()
+
+    def publish(publisher: Publisher) -> Awaitable[int]:
+        return publish_concurrently(
+            publisher, graph_id, s.delivered_events, s.delivered_batch, publishers, progress
+        )
+
+    label = (
+        f"{s.delivered_events:,} events to 1 graph in batches of {s.delivered_batch} from "
+        f"{publishers} concurrent publishers (keep-alive connections), {subscribers} "
+        f"subscriber{'s' if subscribers > 1 else ''}"
+    )
+    stored_before = read_head(ctx, spec, graph_id)
+    row = await run_delivery(
+        ctx,
+        spec,
+        "ingest-delivered",
+        label,
+        [(graph_id, 0)] * subscribers,
+        plan,
+        publish,
+        s.delivery_deadline,
+        streams=publishers,
+    )
+    stored_after = read_head(ctx, spec, graph_id)
+    notes: list[str] = row["notes"]
+    notes.extend(error for error in dict.fromkeys(progress.errors) if error not in notes)
+    row["published"] = max(row["published"], progress.accepted)  # kept past a deadline
+    seconds = progress.seconds
+    accepted_per_s = round(progress.accepted / seconds, 1) if seconds else None
+    stored = None
+    if stored_before is not None and stored_after is not None:
+        stored = stored_after - stored_before
+    delivered_per_s = None
+    if row["elapsed_s"] and row["subscribers"]:
+        # Every subscriber's events over the time until the last of them arrived.
+        delivered_per_s = round(row["unique"] / row["subscribers"] / row["elapsed_s"], 1)
+    row.update(
+        publishers=publishers,
+        batch=s.delivered_batch,
+        requests=progress.requests,
+        publish_s=round(seconds, 3),
+        accepted=progress.accepted,
+        accepted_per_s=accepted_per_s,
+        stored=stored,
+        delivered_per_s=delivered_per_s,
+        events_per_s=delivered_per_s,
+    )
+    row["figure"] = delivered_per_s
+    summary = f"accepted {progress.accepted:,} of {s.delivered_events:,}" + (
+        f" at {accepted_per_s:,.0f} events/s" if accepted_per_s else ""
+    )
+    if stored is not None:
+        summary += f"; stored {stored:,} (the graph's head in {spec.database})"
+        if stored != progress.accepted:
+            notes.append(
+                f"the database holds {stored:,} new events, {progress.accepted:,} accepted"
+            )
+    if delivered_per_s:
+        summary += f"; delivered {delivered_per_s:,.0f} events/s per subscriber"
+    notes.insert(0, summary)
+    return [row]
+
+
+def read_head(ctx: Context, spec: ServerSpec, graph_id: str) -> int | None:
+    """The graph's sequence head in our app's database (None for a baseline, or on error)."""
+    if spec.app != "ours" or ctx.graph_head is None:
+        return None
+    try:
+        return ctx.graph_head(graph_id)
+    except Exception as exc:
+        log(f"reading the head of {graph_id} failed: {type(exc).__name__}: {exc}")
+        return None
+
+
 SCENARIO_FUNCTIONS = {
     "fanout": scenario_fanout,
     "spread": scenario_spread,
     "latency": scenario_latency,
     "idle": scenario_idle,
     "ingest": scenario_ingest,
+    "ingest-delivered": scenario_ingest_delivered,
 }
 
 # The rows a scenario produces, when it is not simply one row named after it.
@@ -926,6 +1143,7 @@ FIGURES = {
     "idle": ("RSS KiB per connection", False),
     "ingest-single": ("events/s accepted", True),
     "ingest-batched": ("events/s accepted", True),
+    "ingest-delivered": ("events/s delivered", True),
 }
 
 TITLES = {
@@ -935,6 +1153,7 @@ TITLES = {
     "idle": "(d) idle memory",
     "ingest-single": "(e) ingest, single",
     "ingest-batched": "(e) ingest, batched",
+    "ingest-delivered": "(f) ingest, stored and delivered",
 }
 
 
@@ -1008,6 +1227,13 @@ def fmt(value: Any, digits: int = 0) -> str:
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     mode = "quick (scaled-down sizes)" if meta["quick"] else "full"
+    database = meta.get("database", "sqlite")
+    site = (
+        f"a fresh migrated PostgreSQL database ({meta.get('postgres_server', '')}, dropped "
+        "afterwards)"
+        if database == "postgres"
+        else "a migrated SQLite site"
+    )
     lines = [
         f"# Fan-out benchmark: {mode} run",
         "",
@@ -1020,14 +1246,15 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "ingest, the runner's, which is the client there).",
         "- Servers: one process each, started fresh for every scenario; `daphne -v 0` and "
         "`uvicorn --no-access-log` (no access log); Redis rows use the channels_redis pub/sub "
-        "layer. Our app runs on a migrated SQLite site with bench/bench_settings.py: the "
+        f"layer. Our app runs on {site} with bench/bench_settings.py: the "
         "project's settings with the per-user and per-process connection limits raised, since "
-        "every subscriber is the graphs' one owner.",
+        "every subscriber is the graphs' one owner. The baselines store nothing.",
         "- Publishing: our app and the FastAPI baseline through `POST /api/executions` on a "
         "keep-alive connection; the websockets baseline through a publisher WebSocket on "
         "`/publish` (acknowledged per message), since `websockets` serves no HTTP POST. Fan-out, "
         "spread and idle publish in batches (one request in flight, so the order is defined) so "
-        "that the publisher is not the bottleneck; latency publishes single events, paced.",
+        "that the publisher is not the bottleneck; latency publishes single events, paced; "
+        "ingest-delivered publishes batches from several connections at once.",
         "- Ratios are against the FastAPI baseline of this run; for latency and memory lower is "
         "better. Latency is publish-to-receive (the send time travels in the event).",
         "",
@@ -1155,11 +1382,124 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def prepare_our_site(directory: Path, graph_ids: list[str]) -> tuple[Any, str]:
-    """A migrated SQLite site whose user "bench" owns every graph; its WebSocket token."""
-    from tests.servers import prepare_site
+@dataclass
+class PostgresSite:
+    """tests/servers.py's Site on a PostgreSQL database: its environment and manage.py."""
 
-    site = prepare_site(directory)
+    database_url: str
+    env: dict[str, str]
+
+    def with_redis(self, redis_url: str, layer: str) -> dict[str, str]:
+        return {**self.env, "REDIS_URL": redis_url, "EXECUTIONS_REDIS_LAYER": layer}
+
+    def manage(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        from tests.servers import run_manage
+
+        return run_manage(self.env, *args, **kwargs)
+
+
+def database_url(server_url: str, name: str) -> str:
+    """`server_url` (postgres://user@host:port/anything) pointing at database `name`."""
+    parts = urlsplit(server_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+def shown_url(url: str) -> str:
+    """A PostgreSQL URL without its password, for the report."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    netloc += f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class PostgresDatabase:
+    """A database created for this run on the server of `server_url`, dropped by drop()."""
+
+    def __init__(self, server_url: str, name: str) -> None:
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"unexpected database name {name!r}")
+        self.server_url = server_url
+        self.name = name
+        self.url = database_url(server_url, name)
+        self.created = False
+
+    def _admin(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(
+            self.server_url,
+            autocommit=True,
+            connect_timeout=int(POSTGRES_TIMEOUT),
+            options=f"-c statement_timeout={int(POSTGRES_TIMEOUT * 1000)}",
+        )
+
+    def create(self) -> None:
+        from psycopg import sql
+
+        with self._admin() as connection:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+        self.created = True
+        atexit.register(self.drop)
+
+    def drop(self) -> None:
+        """Drop the database (its servers' connections too); safe to call more than once."""
+        if not self.created:
+            return
+        from psycopg import sql
+
+        try:
+            with self._admin() as connection:
+                statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                connection.execute(statement.format(sql.Identifier(self.name)))
+        except Exception as exc:
+            log(f"dropping the database {self.name} failed: {type(exc).__name__}: {exc}")
+            return
+        self.created = False
+
+    def head_reader(self) -> Callable[[str], int | None]:
+        def head(graph_id: str) -> int | None:
+            import psycopg
+
+            with psycopg.connect(self.url, connect_timeout=int(POSTGRES_TIMEOUT)) as connection:
+                found = connection.execute(GRAPH_HEAD_SQL.format("%s"), (graph_id,))
+                value = found.fetchone()
+            return int(value[0]) if value else 0
+
+        return head
+
+
+# The graph's sequence head: the number of events ever stored for it (GraphStream).
+GRAPH_HEAD_SQL = "SELECT head FROM executions_graphstream WHERE graph_id = {}"
+
+
+def sqlite_head_reader(path: Path) -> Callable[[str], int | None]:
+    def head(graph_id: str) -> int | None:
+        uri = f"file:{path}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as connection:
+            value = connection.execute(GRAPH_HEAD_SQL.format("?"), (graph_id,)).fetchone()
+        return int(value[0]) if value else 0
+
+    return head
+
+
+def prepare_our_site(
+    directory: Path, graph_ids: list[str], database_url: str | None = None
+) -> tuple[Any, str]:
+    """A migrated site whose user "bench" owns every graph; its WebSocket token.
+
+    On a SQLite file in `directory` (tests/servers.py), or on the PostgreSQL database of
+    `database_url` (created empty beforehand)."""
+    from tests.servers import prepare_site, site_env
+
+    site: Any
+    if database_url is None:
+        site = prepare_site(directory)
+    else:
+        env = site_env(directory / "unused.sqlite3")
+        env["DATABASE_URL"] = database_url
+        site = PostgresSite(database_url, env)
+        site.manage("migrate", "--noinput", "-v", "0", timeout=MIGRATE_TIMEOUT)
     code = "\n".join(
         [
             "from django.contrib.auth import get_user_model",
@@ -1182,6 +1522,7 @@ def server_specs(
 ) -> tuple[list[ServerSpec], list[str]]:
     notes = []
     specs = []
+    database = "postgres" if isinstance(site, PostgresSite) else "sqlite"
     plain_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for name in names:
         if name in ("fastapi", "websockets"):
@@ -1203,7 +1544,17 @@ def server_specs(
         env["PYTHONPATH"] = os.pathsep.join(
             [str(BENCH), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
         )
-        specs.append(ServerSpec(name, "ours", layer, env, token=token, ingest_token=INGEST_TOKEN))
+        specs.append(
+            ServerSpec(
+                name,
+                "ours",
+                layer,
+                env,
+                token=token,
+                ingest_token=INGEST_TOKEN,
+                database=database,
+            )
+        )
     return specs, notes
 
 
@@ -1219,6 +1570,29 @@ def parse_list(text: str, known: Sequence[str], aliases: dict[str, str]) -> list
     return [name for name in known if name in chosen]
 
 
+SIZE_FLAGS = {
+    "ingest_concurrency": (int, "concurrent publishers of (e) ingest"),
+    "ingest_seconds": (float, "seconds of each (e) ingest row"),
+    "ingest_batch": (int, "events per request of (e) ingest, batched"),
+    "delivered_events": (int, "events published in (f) ingest-delivered"),
+    "delivered_batch": (int, "events per request of (f)"),
+    "delivered_publishers": (int, "concurrent publishers of (f)"),
+    "delivered_subscribers": (int, "WebSocket subscribers of (f)'s graph"),
+}
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    """The full or quick sizes, with the size flags given on the command line."""
+    sizes = QUICK if args.quick else FULL
+    overrides = {name: getattr(args, name) for name in SIZE_FLAGS}
+    for name, value in overrides.items():
+        if value is not None and value <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be positive")
+    return dataclasses.replace(
+        sizes, **{name: value for name, value in overrides.items() if value is not None}
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Fan-out benchmark of the executions app against two baselines (issue 5)."
@@ -1226,7 +1600,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="scaled-down sizes (smoke run)")
     parser.add_argument("--servers", default=",".join(SERVERS), help=", ".join(SERVERS))
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help="names or letters: a=fanout ... e=ingest"
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="names or letters: a=fanout ... e=ingest, f=ingest-delivered",
     )
     parser.add_argument("--workers", type=int, default=2, help="load generator processes")
     parser.add_argument("--client", choices=("lean", "websockets"), default="lean")
@@ -1234,11 +1610,27 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=float, default=570.0, help="seconds for the whole run (default 570)"
     )
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument(
+        "--database",
+        choices=DATABASES,
+        default="sqlite",
+        help="our app's database: a SQLite file (default), or a fresh PostgreSQL database "
+        "bench_<run id> on --postgres-url, dropped afterwards",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help=f"a PostgreSQL server and a database to connect to for CREATE/DROP DATABASE "
+        f"(default $BENCH_POSTGRES_URL or {DEFAULT_POSTGRES_URL})",
+    )
+    for name, (kind, text) in SIZE_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, type=kind, help=f"{text} (overrides the sizes)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="output directory")
     args = parser.parse_args(argv)
 
     began = time.monotonic()
-    sizes = QUICK if args.quick else FULL
+    sizes = sizes_from(args)
     servers = parse_list(args.servers, SERVERS, {})
     scenarios = parse_list(args.scenarios, SCENARIOS, SCENARIO_LETTERS)
     run_id = secrets.token_hex(4)
@@ -1246,31 +1638,49 @@ def main(argv: list[str] | None = None) -> int:
     graph_ids = [f"bench-{run_id}-{index}" for index in range(graph_count)]
     timestamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     args.results.mkdir(parents=True, exist_ok=True)
+    ours = any(name not in ("fastapi", "websockets") for name in servers)
+    postgres = PostgresDatabase(args.postgres_url, f"bench_{run_id}")
 
     with tempfile.TemporaryDirectory(prefix="bench-run-") as temporary:
         directory = Path(temporary)
         site, token = (None, "")
-        if any(name not in ("fastapi", "websockets") for name in servers):
-            log("preparing the SQLite site of our app ...")
-            site, token = prepare_our_site(directory, graph_ids)
-        specs, skipped = server_specs(servers, site, token, args.redis_url)
-        for note in skipped:
-            log(note)
-        ctx = Context(
-            sizes=sizes,
-            quick=args.quick,
-            workers=max(1, args.workers),
-            client=args.client,
-            graph_ids=graph_ids,
-            log_dir=directory,
-            deadline=began + args.budget,
-            run_id=run_id,
-        )
-        factory = loadgen.new_event_loop_factory()
+        graph_head: Callable[[str], int | None] | None = None
         try:
-            rows = asyncio.run(run_all(ctx, specs, scenarios), loop_factory=factory)
+            if ours and args.database == "postgres":
+                log(f"creating the PostgreSQL database {postgres.name} and migrating it ...")
+                try:
+                    postgres.create()
+                except Exception as exc:
+                    where = shown_url(args.postgres_url)
+                    raise SystemExit(f"cannot create a database on {where}: {exc}") from exc
+                site, token = prepare_our_site(directory, graph_ids, postgres.url)
+                graph_head = postgres.head_reader()
+            elif ours:
+                log("preparing the SQLite site of our app ...")
+                site, token = prepare_our_site(directory, graph_ids)
+                graph_head = sqlite_head_reader(site.database)
+            specs, skipped = server_specs(servers, site, token, args.redis_url)
+            for note in skipped:
+                log(note)
+            ctx = Context(
+                sizes=sizes,
+                quick=args.quick,
+                workers=max(1, args.workers),
+                client=args.client,
+                graph_ids=graph_ids,
+                log_dir=directory,
+                deadline=began + args.budget,
+                run_id=run_id,
+                database=args.database,
+                graph_head=graph_head,
+            )
+            factory = loadgen.new_event_loop_factory()
+            try:
+                rows = asyncio.run(run_all(ctx, specs, scenarios), loop_factory=factory)
+            finally:
+                _kill_leftovers()
         finally:
-            _kill_leftovers()
+            postgres.drop()
 
     add_ratios(rows)
     meta = {
@@ -1281,11 +1691,13 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "workers": ctx.workers,
         "client": ctx.client,
+        "database": args.database,
+        "postgres_server": shown_url(args.postgres_url) if args.database == "postgres" else None,
         "sizes": asdict(sizes),
         "run_seconds": round(time.monotonic() - began, 1),
         "skipped": skipped,
     }
-    suffix = "-quick" if args.quick else ""
+    suffix = ("-postgres" if args.database == "postgres" else "") + ("-quick" if args.quick else "")
     with (args.results / f"{timestamp}{suffix}.jsonl").open("w") as out:
         out.write(json.dumps({"meta": meta}) + "\n")
         for row in rows:
