@@ -59,6 +59,11 @@ LEFT_OUT = {
         "the same JavaScript in Chromium behind a stand-in proxy that refuses WebSocket upgrades "
         "(Server-Sent Events instead), about 30 s a run"
     ),
+    "tests/test_dashboard_run_browser.py": (
+        "the same JavaScript in Chromium following one run alone (AutoGPT's "
+        "subscribe_graph_execution, or its Server-Sent Events behind the same stand-in proxy), "
+        "about 40 s a run"
+    ),
     "tests/test_delivery.py": (
         "bursts of thousands of events and connection storms through the channel layers "
         "(channels, channels-redis), about 50 s a run"

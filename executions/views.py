@@ -95,6 +95,17 @@ def graph_link(graph: Graph) -> GraphLink:
     )
 
 
+# Stands for the execution's id in the URL the page follows one execution by over Server-Sent
+# Events; dashboard.js puts the percent-encoded id in its place (the same name is there).
+EXECUTION_ID_PLACEHOLDER = "GRAPH_EXEC_ID"
+
+
+def execution_events_url() -> str | None:
+    """The Server-Sent Events URL of one execution, its id left as EXECUTION_ID_PLACEHOLDER;
+    None where the site left the route out."""
+    return _optional_reverse("executions-execution-events", EXECUTION_ID_PLACEHOLDER)
+
+
 def index(request: HttpRequest) -> HttpResponse:
     """The dashboard: the user's graphs and their executions, live; for programs, how to connect."""
     user = request.user
@@ -109,6 +120,7 @@ def index(request: HttpRequest) -> HttpResponse:
             "websocket_url": _websocket_url(request, websocket_path),
             "graphs": graphs,
             "graph_links": [graph_link(graph) for graph in graphs],
+            "execution_events_url": execution_events_url(),
             "login_url": f"{reverse('executions-login')}?next={here}",
             "ingest_url": reverse("executions-api:ingest"),
             "ws_token_url": reverse("executions-api:ws-token"),

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -159,6 +159,38 @@ def test_graph_links_carry_the_urls_the_page_follows_them_by_without_a_websocket
         link = parser.links[graph_id]
         assert "data-events-url" not in link
         assert "data-history-url" not in link
+
+
+class DashboardRoot(HTMLParser):
+    """The attributes of the page's #dashboard element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attributes: dict[str, str | None] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if dict(attrs).get("id") == "dashboard":
+            self.attributes = dict(attrs)
+
+
+def test_the_page_holds_the_url_it_follows_one_execution_by_without_a_websocket(
+    people: dict[str, Any],
+) -> None:
+    """The execution's SSE URL with a placeholder, which dashboard.js replaces with the id as
+    encodeURIComponent writes it; whatever the id, that URL reaches the execution's stream."""
+    client = Client()
+    client.force_login(people["alice"])
+    parser = DashboardRoot()
+    parser.feed(client.get("/").content.decode())
+
+    placeholder = views.EXECUTION_ID_PLACEHOLDER
+    template = parser.attributes["data-execution-events-url"]
+    assert template == f"/api/executions/{placeholder}/events"
+    script = (STATIC_DIR / "dashboard.js").read_text()
+    assert f'const EXECUTION_ID_PLACEHOLDER = "{placeholder}";' in script
+    for graph_exec_id in ("run-1", "a/b c", "../up", 'x#?&"<>%25', "ünï|graph_exec#7"):
+        url = template.replace(placeholder, quote(graph_exec_id, safe="!'()*~"))
+        assert resolve(unquote(url)).kwargs == {"graph_exec_id": graph_exec_id}
 
 
 @pytest.mark.parametrize("logged_in", [False, True])

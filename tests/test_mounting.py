@@ -57,6 +57,7 @@ def test_the_dashboard_links_everything_under_its_prefix(live_site: None, alice:
     html = client.get("/live/").content.decode()
 
     assert 'data-ws-path="/live/ws"' in html
+    assert 'data-execution-events-url="/live/api/executions/GRAPH_EXEC_ID/events"' in html
     assert "ws://testserver/live/ws" in html
     assert 'href="/live/api/docs"' in html
     assert "POST /live/api/executions" in html

@@ -15,6 +15,14 @@
  *   nothing of), resumed by Last-Event-ID. The WebSocket is still tried now and then (the same
  *   backoff); once it opens and acknowledges the graph's subscription (with `since`), the
  *   EventSource is closed. Both deliver through onFrame.
+ * - Any execution of the graph shown can be followed alone ("Follow this run"): the graph's
+ *   subscription gives way to AutoGPT's `subscribe_graph_execution` for it (a snapshot first,
+ *   `since` on every resume), whose `node_execution_event` frames make the run's timeline and
+ *   whose `graph_execution_event` frames its own status, duration, statistics and outputs (the
+ *   graph's subscription never carries those). "Back to all runs" unsubscribes and resumes the
+ *   graph with `since`. Over Server-Sent Events the run's own stream is followed instead, from
+ *   its start (a stream has no snapshot). The run keeps its own last `seq` (its graph's
+ *   numbers), so whichever transport brings an event, it is shown once.
  * - Event data only ever reaches the page through textContent and attributes, never as HTML.
  */
 (function () {
@@ -26,9 +34,10 @@
     COMPLETED: { label: "Completed", icon: "\u2713" }, // ✓
     FAILED: { label: "Failed", icon: "\u2715" }, // ✕
     INCOMPLETE: { label: "Incomplete", icon: "!" },
+    TERMINATED: { label: "Terminated", icon: "\u25A0" }, // ■
   };
   const UNKNOWN_STATUS = { label: "Unknown", icon: "?" };
-  const TERMINAL = new Set(["COMPLETED", "FAILED", "INCOMPLETE"]);
+  const TERMINAL = new Set(["COMPLETED", "FAILED", "INCOMPLETE", "TERMINATED"]);
 
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_MAX_MS = 15000;
@@ -38,6 +47,19 @@
   const FALLBACK_AFTER_FAILED_OPENS = 2; // WebSocket attempts in a row that never opened
   const STREAM_RECONNECTS_ALLOWED = 2; // EventSource's own reconnects in a row, then ours
   const LOCATE_TIMEOUT_MS = 10000; // the history request made before each stream opens
+  const STREAM_REFUSALS_ALLOWED = 3; // stream openings in a row the server refused, then none
+  const EXECUTION_ID_PLACEHOLDER = "GRAPH_EXEC_ID"; // in data-execution-events-url (views.py)
+  const RUN_CHANNEL = "|graph_exec#"; // a run's channel: "<user id>|graph_exec#<graph_exec_id>"
+  const STREAM_EVENTS = ["execution_event", "node_execution_event", "graph_execution_event"];
+  // A run's statistics shown beside its status: [key, label, shown when, format].
+  const RUN_STATS = [
+    ["node_exec_count", "Nodes run", (v) => typeof v === "number"],
+    ["node_error_count", "Node errors", (v) => typeof v === "number"],
+    ["duration", "Run time", (v) => typeof v === "number" && v > 0, (v) => formatDuration(v * 1000)],
+    ["cost", "Cost", (v) => typeof v === "number" && v > 0],
+    ["error", "Error", (v) => typeof v === "string" && v !== ""],
+    ["activity_status", "Activity", (v) => typeof v === "string" && v !== ""],
+  ];
 
   const root = document.getElementById("dashboard");
   if (!root) {
@@ -55,11 +77,16 @@
   const demoStatus = document.getElementById("demo-status");
   const graphLinks = Array.from(root.querySelectorAll("a[data-graph-id]"));
 
-  /** graph id -> {id, label, lastSeq, positioned, eventsUrl, historyUrl, executions: Map, el, ...} */
+  // A feed is what one subscription or stream shows: a graph (kind "graph", by graph id) or the
+  // run followed alone in it (kind "run", by graph_exec_id): {kind, id, lastSeq, positioned,
+  // eventsUrl, historyUrl, executions: Map, el, ...}.
+  /** graph id -> the graph's feed */
   const graphs = new Map();
   let current = null; // the graph shown
+  let run = null; // the run of that graph followed alone (its feed), or null: the graph is shown
   let socket = null; // the live WebSocket, or null
   let subscribed = new Map(); // graph id -> "pending" or "active" on the current socket
+  let runSubscribed = null; // the run's subscription on the current socket: "pending", "active"
   let attempt = 0; // reconnect attempts since the last successful open
   let reconnectTimer = null;
   let heartbeatTimer = null;
@@ -67,7 +94,7 @@
   let socketStatus = { state: "idle", detail: "" }; // what the WebSocket is doing
   let failedOpens = 0; // WebSocket attempts in a row that closed (or failed) before opening
   let fallback = false; // the WebSocket cannot open: follow the graph shown over Server-Sent Events
-  let stream = null; // the Server-Sent Events stream: {graphId, source, open, errors, attempt, ...}
+  let stream = null; // the Server-Sent Events stream: {feed, source, open, errors, attempt, ...}
   let everConnected = false; // some connection was live once: a new attempt is a reconnect
   let gaveUp = false; // the session ended: reconnecting would only fail again
 
@@ -204,6 +231,7 @@
     executionsEl.append(section);
     const link = linkOf(graphId);
     state = {
+      kind: "graph",
       id: graphId,
       label: labelOf(graphId),
       lastSeq: 0, // the number the page is up to: anything at or below it is dropped
@@ -226,18 +254,23 @@
     return state;
   }
 
-  function resetGraph(state) {
-    state.lastSeq = 0;
-    state.el.dataset.lastSeq = "0";
-    state.el.dataset.applied = "0";
-    state.executions.clear();
-    state.listEl.replaceChildren();
-    state.emptyEl.hidden = false;
+  /** The run followed alone in the graph shown, else that graph; null before one is chosen. */
+  function shownFeed() {
+    return run || (current !== null && graphs.get(current)) || null;
   }
 
-  function showNotice(state, message) {
-    state.notice = message;
-    if (state.id === current) {
+  function resetFeed(feed) {
+    feed.lastSeq = 0;
+    feed.el.dataset.lastSeq = "0";
+    feed.el.dataset.applied = "0";
+    feed.executions.clear();
+    feed.listEl.replaceChildren();
+    feed.emptyEl.hidden = false;
+  }
+
+  function showNotice(feed, message) {
+    feed.notice = message;
+    if (feed === shownFeed()) {
       noticeEl.textContent = message;
       noticeEl.hidden = !message;
     }
@@ -248,12 +281,23 @@
     showNotice(state, "The server said: " + error);
   }
 
-  /** "active" when either transport brings the graph's events, "pending" while one sets up. */
-  function showSubscription(state) {
-    const onSocket = subscribed.get(state.id);
-    const onStream = stream && stream.graphId === state.id ? (stream.open ? "active" : "pending") : undefined;
-    state.el.dataset.subscription =
-      onSocket === "active" || onStream === "active" ? "active" : onSocket || onStream || "none";
+  /** The feed's subscription on the current socket: "pending", "active" or undefined. */
+  function onSocket(feed) {
+    if (feed.kind === "run") return (feed === run && runSubscribed) || undefined;
+    return subscribed.get(feed.id);
+  }
+
+  /** "active" when either transport brings the feed's events, "pending" while one sets up. */
+  function showSubscription(feed) {
+    const bySocket = onSocket(feed);
+    const byStream = stream && stream.feed === feed ? (stream.open ? "active" : "pending") : undefined;
+    feed.el.dataset.subscription =
+      bySocket === "active" || byStream === "active" ? "active" : bySocket || byStream || "none";
+  }
+
+  function showSubscriptions() {
+    for (const state of graphs.values()) showSubscription(state);
+    if (run) showSubscription(run);
   }
 
   function createExecution(state, result) {
@@ -264,10 +308,22 @@
     title.append("Execution ", el("code", "execution-id", result.graph_exec_id));
     const badge = makeBadge("QUEUED");
     const summary = el("p", "execution-summary");
-    head.append(title, badge, summary);
+    head.append(title, badge);
+    if (state.kind === "graph") {
+      const follow = el("button", "link-button follow-run", "Follow this run");
+      follow.type = "button";
+      follow.append(el("span", "visually-hidden", " " + result.graph_exec_id));
+      follow.addEventListener("click", function () {
+        followRun(result.graph_exec_id, { focus: true, push: true });
+      });
+      head.append(follow);
+    }
+    head.append(summary);
     const timeline = el("ol", "timeline");
     timeline.setAttribute("aria-label", "Nodes of execution " + result.graph_exec_id);
-    article.append(head, timeline);
+    const details = state.kind === "run" ? createRunDetails() : null;
+    if (details) article.append(head, details.el, timeline);
+    else article.append(head, timeline);
     const execution = {
       id: result.graph_exec_id,
       version: result.graph_version,
@@ -277,6 +333,8 @@
       timelineEl: timeline,
       nodes: new Map(),
       status: null,
+      details: details, // a followed run's own status, statistics and outputs
+      runEvent: null, // its latest graph_execution_event
     };
     state.executions.set(execution.id, execution);
     state.listEl.prepend(article); // newest first
@@ -287,6 +345,62 @@
       state.executions.delete(oldest);
     }
     return execution;
+  }
+
+  /** Where a followed run shows what its graph_execution_event says (hidden until one comes). */
+  function createRunDetails() {
+    const box = el("div", "run-details");
+    box.hidden = true;
+    const facts = el("dl", "run-facts");
+    const outputs = el("div", "run-outputs");
+    const data = el("details", "run-data");
+    const inputs = el("pre", "run-inputs");
+    const stats = el("pre", "run-stats");
+    data.append(
+      el("summary", null, "Inputs and statistics"),
+      el("h4", null, "Inputs"),
+      inputs,
+      el("h4", null, "Statistics"),
+      stats
+    );
+    box.append(facts, el("h4", null, "Outputs"), outputs, data);
+    return { el: box, factsEl: facts, outputsEl: outputs, inputsEl: inputs, statsEl: stats };
+  }
+
+  function renderRun(execution, event) {
+    const details = execution.details;
+    details.el.hidden = false;
+    const terminal = TERMINAL.has(event.status);
+    const facts = [];
+    const started = parseTime(event.started_at);
+    if (started !== null) facts.push(["Started", formatClock(started)]);
+    const ended = parseTime(event.ended_at);
+    if (terminal && ended !== null) facts.push(["Ended", formatClock(ended)]);
+    const stats = event.stats && typeof event.stats === "object" ? event.stats : {};
+    for (const [key, label, shown, format] of RUN_STATS) {
+      if (shown(stats[key])) facts.push([label, format ? format(stats[key]) : String(stats[key])]);
+    }
+    details.factsEl.replaceChildren();
+    for (const [label, value] of facts) {
+      details.factsEl.append(el("dt", null, label), el("dd", null, value));
+    }
+    const outputs = event.outputs && typeof event.outputs === "object" ? Object.entries(event.outputs) : [];
+    if (outputs.length === 0) {
+      details.outputsEl.replaceChildren(el("p", "empty", terminal ? "No outputs." : "No outputs yet."));
+    } else {
+      const list = el("dl", "run-output-list");
+      for (const [name, values] of outputs) {
+        const shownValues = Array.isArray(values)
+          ? values.map((v) => (typeof v === "string" ? v : pretty(v))).join("\n")
+          : pretty(values);
+        const value = el("dd");
+        value.append(el("pre", "run-output", shownValues));
+        list.append(el("dt", "run-output-name", name), value);
+      }
+      details.outputsEl.replaceChildren(list);
+    }
+    details.inputsEl.textContent = pretty(event.inputs);
+    details.statsEl.textContent = pretty(event.stats);
   }
 
   function createNode(execution, result) {
@@ -385,8 +499,18 @@
     return { start, end };
   }
 
+  /** A followed run's start, and its end once it has ended, as its own event says. */
+  function runTimes(event) {
+    return {
+      start: parseTime(event.started_at),
+      end: TERMINAL.has(event.status) ? parseTime(event.ended_at) : null,
+    };
+  }
+
   function updateExecution(state, execution) {
-    const status = executionStatus(execution);
+    // A followed run's own event says its status and times; else they come from its nodes.
+    const event = execution.runEvent;
+    const status = event ? event.status : executionStatus(execution);
     const counts = {};
     for (const node of execution.nodes.values()) {
       counts[node.result.status] = (counts[node.result.status] || 0) + 1;
@@ -395,7 +519,7 @@
     for (const key of Object.keys(STATUSES)) {
       if (counts[key]) parts.push(counts[key] + " " + STATUSES[key].label.toLowerCase());
     }
-    const times = executionTimes(execution);
+    const times = event ? runTimes(event) : executionTimes(execution);
     if (times.start !== null) {
       const finished = TERMINAL.has(status) && times.end !== null;
       const until = finished ? times.end : Date.now();
@@ -404,32 +528,51 @@
     execution.summaryEl.textContent = parts.join(" \u00b7 ");
     execution.el.dataset.status = status;
     setBadge(execution.badge, status);
-    if (execution.status !== null && execution.status !== status && state.id === current) {
+    if (execution.status !== null && execution.status !== status && state === shownFeed()) {
       announce("Execution " + execution.id + ": " + statusInfo(status).label.toLowerCase());
     }
     execution.status = status;
   }
 
-  function applyEvent(graphId, result, seq) {
-    const state = graphs.get(graphId);
-    if (!state || !result || typeof result !== "object") return;
+  /** Whether a feed takes an event: not one it has seen (its number at or below lastSeq). */
+  function accept(feed, seq) {
     if (typeof seq === "number") {
-      if (seq <= state.lastSeq) return; // seen already
-      state.lastSeq = seq;
-      state.el.dataset.lastSeq = String(seq);
+      if (seq <= feed.lastSeq) return false; // seen already
+      feed.lastSeq = seq;
+      feed.el.dataset.lastSeq = String(seq);
     }
-    state.el.dataset.applied = String(Number(state.el.dataset.applied) + 1);
-    let execution = state.executions.get(result.graph_exec_id);
-    if (!execution) execution = createExecution(state, result);
+    feed.el.dataset.applied = String(Number(feed.el.dataset.applied) + 1);
+    return true;
+  }
+
+  /** A node's result (execution_event) or node event (node_execution_event), on any feed. */
+  function applyEvent(feed, result, seq) {
+    if (!feed || !result || typeof result !== "object") return;
+    if (!accept(feed, seq)) return;
+    let execution = feed.executions.get(result.graph_exec_id);
+    if (!execution) execution = createExecution(feed, result);
     let node = execution.nodes.get(result.node_exec_id);
     if (!node) node = createNode(execution, result);
     updateNode(node, result, seq);
-    updateExecution(state, execution);
+    updateExecution(feed, execution);
+  }
+
+  /** A followed run's graph_execution_event: its own status, times, statistics and outputs. */
+  function applyRunEvent(feed, event, seq) {
+    if (!feed || !event || typeof event !== "object") return;
+    if (!accept(feed, seq)) return;
+    let execution = feed.executions.get(event.id);
+    if (!execution) {
+      execution = createExecution(feed, { graph_exec_id: event.id, graph_version: event.graph_version });
+    }
+    execution.runEvent = event;
+    renderRun(execution, event);
+    updateExecution(feed, execution);
   }
 
   /** Running nodes and unfinished executions show a duration that grows: refresh it. */
   function tick() {
-    const state = current && graphs.get(current);
+    const state = shownFeed();
     if (!state) return;
     const now = Date.now();
     for (const execution of state.executions.values()) {
@@ -480,17 +623,55 @@
     }
   }
 
+  /** AutoGPT's subscription to one execution: a snapshot the first time, then `since`. */
+  function subscribeRun(feed) {
+    const data = { graph_exec_id: feed.id };
+    if (feed.positioned) {
+      data.since = feed.lastSeq;
+    } else {
+      data.snapshot = true; // its nodes' latest results and its own latest event
+    }
+    if (send({ method: "subscribe_graph_execution", data: data })) {
+      runSubscribed = "pending";
+      feed.requestedSince = data.since;
+      showSubscription(feed);
+    }
+  }
+
+  /** Subscribe to what is shown: the run followed, else the graph. */
+  function subscribeShown() {
+    if (run) subscribeRun(run);
+    else if (current !== null) subscribe(current);
+  }
+
+  function isRunChannel(channel, feed) {
+    return typeof channel === "string" && channel.endsWith(RUN_CHANNEL + feed.id);
+  }
+
+  /**
+   * The followed run, for a frame of it that one of its live subscriptions brought: its stream
+   * (`streamFeed`, the feed a stream event came for), or the socket once the subscription is
+   * acknowledged (a frame before that belongs to an earlier subscription, and a snapshot that
+   * follows may hold older numbers than it).
+   */
+  function runOf(channel, graphExecId, streamFeed) {
+    if (!run || graphExecId !== run.id || !isRunChannel(channel, run)) return null;
+    if (streamFeed !== undefined) return streamFeed === run ? run : null;
+    return runSubscribed === "active" ? run : null;
+  }
+
   /**
    * Where the server's history of a graph stands, for a subscription or a stream that asked for
    * what follows `since`. Compared with `since`, not with lastSeq: the other transport may have
-   * moved the page on meanwhile.
+   * moved the page on meanwhile. A run asked from its start (`since` 0) has missed nothing
+   * while away, whatever retention removed before.
    */
   function onPosition(state, position, since) {
     if (typeof since === "number" && position.head < since) {
       // The server's history restarted (another database): what is shown no longer matches.
-      resetGraph(state);
+      resetFeed(state);
       showNotice(state, "The server's history was reset; showing it afresh.");
-    } else if (position.truncated) {
+    } else if (position.truncated && !(state.kind === "run" && since === 0)) {
       showNotice(
         state,
         "Some updates from while you were away are no longer kept on the server (history now starts at #" +
@@ -512,22 +693,53 @@
     }
     if (position) onPosition(state, position, state.requestedSince);
     // From here the socket brings everything after what the page holds: the stream can go.
-    if (stream && stream.graphId === graphId && subscribed.get(graphId) === "active") stopStream();
+    if (stream && stream.feed === state && subscribed.get(graphId) === "active") stopStream();
   }
 
-  /** One frame's text, from the WebSocket, or an event's data from the stream (with its id). */
-  function onFrame(text, seq) {
+  function onRunSubscribed(channel, position) {
+    const feed = run;
+    if (!feed || runSubscribed === null || !isRunChannel(channel, feed)) return;
+    feed.positioned = true;
+    runSubscribed = "active";
+    showSubscription(feed);
+    if (position) onPosition(feed, position, feed.requestedSince);
+    if (stream && stream.feed === feed) stopStream(); // the socket brings the rest
+  }
+
+  /**
+   * One frame's text: from the WebSocket, or an event's data from the stream, with its id and
+   * the feed the stream is for. Either way, the same functions render it.
+   */
+  function onFrame(text, seq, streamFeed) {
     const frame = parseJson(text);
     if (!frame || typeof frame !== "object") return;
+    const number = seq === undefined ? frame.seq : seq;
+    const data = frame.data && typeof frame.data === "object" ? frame.data : {};
     switch (frame.method) {
       case "execution_event":
-        applyEvent(frame.channel, frame.data, seq === undefined ? frame.seq : seq);
+        applyEvent(graphs.get(frame.channel), frame.data, number);
+        break;
+      case "node_execution_event":
+        applyEvent(runOf(frame.channel, data.graph_exec_id, streamFeed), frame.data, number);
+        break;
+      case "graph_execution_event":
+        applyRunEvent(runOf(frame.channel, data.id, streamFeed), frame.data, number);
         break;
       case "subscribe":
         if (frame.success) onSubscribed(frame.channel, frame.data);
         break;
+      case "subscribe_graph_execution":
+        if (frame.success) onRunSubscribed(frame.channel, frame.data);
+        break;
       case "error": {
-        const state = frame.channel ? graphs.get(frame.channel) : graphs.get(current);
+        if (run && isRunChannel(frame.channel, run)) {
+          // Refused ("Graph execution not found.", a limit): not followed on this socket.
+          runSubscribed = null;
+          showSubscription(run);
+          serverSaid(run, frame.error);
+          break;
+        }
+        const state = frame.channel ? graphs.get(frame.channel) : shownFeed();
         if (state) serverSaid(state, frame.error);
         break;
       }
@@ -572,6 +784,7 @@
     }
     socket = ws;
     subscribed = new Map();
+    runSubscribed = null;
     let opened = false;
     ws.addEventListener("open", function () {
       if (socket !== ws) return;
@@ -582,7 +795,7 @@
       everConnected = true;
       startHeartbeat();
       showConnection();
-      if (current) subscribe(current);
+      subscribeShown();
     });
     ws.addEventListener("message", function (event) {
       if (socket !== ws) return;
@@ -602,7 +815,7 @@
     failedOpens += 1;
     if (failedOpens < FALLBACK_AFTER_FAILED_OPENS || fallback || gaveUp) return;
     fallback = true;
-    if (current) follow(current);
+    follow(shownFeed());
   }
 
   /** Give up on a socket that stopped answering, and reconnect. */
@@ -619,7 +832,8 @@
   function lost(code) {
     socket = null;
     subscribed = new Map();
-    for (const state of graphs.values()) showSubscription(state);
+    runSubscribed = null;
+    showSubscriptions();
     stopHeartbeat();
     if (code === 4001) {
       signedOut(); // no valid session any more (logged out, password changed, session expired)
@@ -638,6 +852,7 @@
       const ws = socket;
       socket = null; // its close event is ignored from here
       subscribed = new Map();
+      runSubscribed = null;
       stopHeartbeat();
       try {
         ws.close();
@@ -645,9 +860,9 @@
         /* already closing */
       }
     }
-    for (const state of graphs.values()) showSubscription(state);
+    showSubscriptions();
     showConnection();
-    const state = current && graphs.get(current);
+    const state = shownFeed();
     if (state) showNotice(state, "Your session has ended. Reload the page and log in again.");
   }
 
@@ -684,25 +899,28 @@
 
   // --- Server-Sent Events, while the WebSocket cannot open ---------------------------------
 
-  /** Follow a graph over Server-Sent Events: one stream, for the graph shown. */
-  function follow(graphId) {
-    if (gaveUp || (stream && stream.graphId === graphId)) return;
+  /** Follow a feed over Server-Sent Events: one stream, for what is shown. */
+  function follow(feed) {
+    if (gaveUp || !feed || (stream && stream.feed === feed)) return;
     stopStream();
-    const state = graphState(graphId);
-    if (!state.eventsUrl || !state.historyUrl) {
-      showNotice(state, "Live updates of this graph need the WebSocket, which cannot connect.");
+    if (!feed.eventsUrl || !feed.historyUrl) {
+      showNotice(
+        feed,
+        "Live updates of this " + (feed.kind === "run" ? "run" : "graph") + " need the WebSocket, which cannot connect."
+      );
       return;
     }
     stream = {
-      graphId: graphId,
+      feed: feed,
       source: null, // the EventSource, while one is open or reconnecting
       open: false,
       errors: 0, // errors in a row since it last opened (the browser reconnects by itself)
       attempt: 0, // our own reopenings since it last opened, for the backoff
+      refusals: 0, // openings in a row the server answered with something else than a stream
       timer: null,
       abort: null, // the history request in flight
     };
-    showSubscription(state);
+    showSubscription(feed);
     showConnection();
     locate(stream);
   }
@@ -714,19 +932,19 @@
     window.clearTimeout(entry.timer);
     if (entry.abort) entry.abort.abort();
     if (entry.source) entry.source.close();
-    const state = graphs.get(entry.graphId);
-    if (state) showSubscription(state);
+    showSubscription(entry.feed);
     showConnection();
   }
 
   /**
    * Ask the graph's history where it stands before each (re)opening of the stream. A page that
    * holds nothing of the graph starts after its head (live from now on, and a reconnect resumes
-   * from there); an answer other than 200 says why a stream would fail: 401, the session ended;
-   * 403 and the like, the graph cannot be followed; anything else is tried again later.
+   * from there); a run starts from its beginning whatever the head. An answer other than 200
+   * says why a stream would fail: 401, the session ended; 403 and the like, the graph cannot be
+   * followed; anything else is tried again later.
    */
   async function locate(entry) {
-    const state = graphs.get(entry.graphId);
+    const feed = entry.feed;
     const controller = new AbortController();
     entry.abort = controller;
     const timeout = window.setTimeout(function () {
@@ -735,7 +953,7 @@
     let status = 0;
     let answer = null;
     try {
-      const response = await fetch(state.historyUrl + "?limit=1&since=" + state.lastSeq, {
+      const response = await fetch(feed.historyUrl + "?limit=1&since=" + feed.lastSeq, {
         credentials: "same-origin",
         cache: "no-store",
         headers: { Accept: "application/json" },
@@ -750,8 +968,8 @@
     }
     if (stream !== entry) return; // stopped or replaced meanwhile
     entry.abort = null;
-    if (subscribed.has(entry.graphId)) {
-      stopStream(); // the WebSocket opened meanwhile and has the graph
+    if (onSocket(feed) !== undefined) {
+      stopStream(); // the WebSocket opened meanwhile and has the feed
       return;
     }
     if (status === 401) {
@@ -759,7 +977,7 @@
       return;
     }
     if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
-      serverSaid(state, (answer && answer.error) || "HTTP " + status);
+      serverSaid(feed, (answer && answer.error) || "HTTP " + status);
       stopStream();
       return;
     }
@@ -767,23 +985,23 @@
       retryStream(entry);
       return;
     }
-    if (!state.positioned) {
-      state.positioned = true;
-      if (answer.head > state.lastSeq) {
-        state.lastSeq = answer.head;
-        state.el.dataset.lastSeq = String(answer.head);
+    if (feed.kind === "graph" && !feed.positioned) {
+      feed.positioned = true;
+      if (answer.head > feed.lastSeq) {
+        feed.lastSeq = answer.head;
+        feed.el.dataset.lastSeq = String(answer.head);
       }
     }
     openSource(entry);
   }
 
   function openSource(entry) {
-    const state = graphs.get(entry.graphId);
+    const feed = entry.feed;
     let source;
     try {
       // Same origin: the session cookie goes along. `since` for this opening only: the
       // browser's own reconnects send Last-Event-ID, the last id it received.
-      source = new EventSource(state.eventsUrl + "?since=" + state.lastSeq);
+      source = new EventSource(feed.eventsUrl + "?since=" + feed.lastSeq);
     } catch (error) {
       retryStream(entry);
       return;
@@ -794,19 +1012,24 @@
       entry.open = true;
       entry.errors = 0;
       entry.attempt = 0;
+      entry.refusals = 0;
       everConnected = true;
-      showSubscription(state);
+      // A run's stream replays it from lastSeq in order: a socket may resume from there.
+      if (feed.kind === "run") feed.positioned = true;
+      showSubscription(feed);
       showConnection();
     });
-    source.addEventListener("execution_event", function (event) {
-      if (entry.source !== source) return;
-      onFrame(event.data, /^\d+$/.test(event.lastEventId) ? Number(event.lastEventId) : undefined);
-    });
+    for (const name of STREAM_EVENTS) {
+      source.addEventListener(name, function (event) {
+        if (entry.source !== source) return;
+        onFrame(event.data, /^\d+$/.test(event.lastEventId) ? Number(event.lastEventId) : undefined, feed);
+      });
+    }
     source.addEventListener("gap", function (event) {
       if (entry.source !== source) return;
       const gap = parseJson(event.data);
       if (gap && typeof gap.head === "number" && typeof gap.oldest === "number") {
-        onPosition(state, { head: gap.head, oldest: gap.oldest, truncated: true }, gap.requested_since);
+        onPosition(feed, { head: gap.head, oldest: gap.oldest, truncated: true }, gap.requested_since);
       }
     });
     source.addEventListener("error", function (event) {
@@ -815,18 +1038,31 @@
         // The server's error event; the stream ends after it and is resumed (a revoked
         // session is then refused: 401).
         const error = parseJson(event.data);
-        serverSaid(state, error && typeof error.error === "string" ? error.error : event.data);
+        serverSaid(feed, error && typeof error.error === "string" ? error.error : event.data);
         return;
       }
       // The connection failed or ended. The browser reconnects by itself (with Last-Event-ID)
       // unless the server refused the stream (CLOSED); after a few failures in a row, or that,
-      // the stream is reopened with a backoff, the history asked first.
+      // the stream is reopened with a backoff, the history asked first. Refused a few times in
+      // a row although the history answered (a run the server no longer has, say), it stops.
       entry.open = false;
       entry.errors += 1;
-      if (source.readyState === EventSource.CLOSED || entry.errors > STREAM_RECONNECTS_ALLOWED) {
+      if (source.readyState === EventSource.CLOSED) {
+        entry.refusals += 1;
+        if (entry.refusals >= STREAM_REFUSALS_ALLOWED) {
+          showNotice(
+            feed,
+            "The server refused to stream this " + (feed.kind === "run" ? "run" : "graph") +
+              "; live updates resume when the WebSocket connects."
+          );
+          stopStream();
+          return;
+        }
+        retryStream(entry);
+      } else if (entry.errors > STREAM_RECONNECTS_ALLOWED) {
         retryStream(entry);
       } else {
-        showSubscription(state);
+        showSubscription(feed);
         showConnection();
       }
     });
@@ -844,49 +1080,161 @@
       entry.timer = null;
       if (stream === entry) locate(entry);
     }, delay);
-    const state = graphs.get(entry.graphId);
-    if (state) showSubscription(state);
+    showSubscription(entry.feed);
     showConnection();
   }
 
-  // --- choosing a graph ------------------------------------------------------------------
+  // --- choosing a graph, and a run of it -------------------------------------------------
+
+  /** The heading, the notice and the one section of what is shown. */
+  function showPanel() {
+    const state = graphs.get(current);
+    for (const other of graphs.values()) other.el.hidden = run !== null || other !== state;
+    if (run) run.el.hidden = false;
+    panelHeading.textContent = run ? "Run " + run.id + " of " + state.label : "Executions of " + state.label;
+    const feed = shownFeed();
+    noticeEl.textContent = feed.notice;
+    noticeEl.hidden = !feed.notice;
+  }
+
+  /** Follow what is shown on the socket if it is open, else over the stream in fallback mode,
+   *  else once the socket opens (its open handler subscribes). */
+  function watchShown() {
+    const feed = shownFeed();
+    if (stream && stream.feed !== feed) stopStream();
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      subscribeShown();
+    } else if (fallback) {
+      follow(feed); // the WebSocket is still tried on its backoff
+    } else if (!socket) {
+      attempt = 0;
+      connect();
+    }
+  }
+
+  function pushPlace(graphId, graphExecId) {
+    const url = new URL(window.location.href);
+    url.searchParams.set("graph", graphId);
+    if (graphExecId === null) url.searchParams.delete("run");
+    else url.searchParams.set("run", graphExecId);
+    window.history.pushState({ graph: graphId, run: graphExecId }, "", url);
+  }
 
   function selectGraph(graphId, options) {
     options = options || {};
     if (graphId === current) return;
+    leaveRun();
     const previous = current;
     current = graphId;
-    const state = graphState(graphId);
+    graphState(graphId);
     for (const link of graphLinks) {
       if (link.dataset.graphId === graphId) link.setAttribute("aria-current", "true");
       else link.removeAttribute("aria-current");
     }
-    for (const other of graphs.values()) other.el.hidden = other !== state;
-    panelHeading.textContent = "Executions of " + state.label;
+    showPanel();
     if (demoForm) {
       // The demo runner's button is on the page only where the server runs demos.
       panelActions.hidden = false;
       demoForm.elements.graph_id.value = graphId;
       demoStatus.textContent = "";
     }
-    noticeEl.textContent = state.notice;
-    noticeEl.hidden = !state.notice;
     if (options.focus) panelHeading.focus();
-    if (options.push) {
-      const url = new URL(window.location.href);
-      url.searchParams.set("graph", graphId);
-      window.history.pushState({ graph: graphId }, "", url);
+    if (options.push) pushPlace(graphId, null);
+    if (previous !== null) unsubscribe(previous);
+    watchShown();
+  }
+
+  /** A run's feed and its section: the way back, then the run's one execution. */
+  function runState(graph, graphExecId) {
+    const section = el("section", "run-view");
+    section.dataset.graphId = graph.id;
+    section.dataset.graphExecId = graphExecId;
+    section.dataset.subscription = "none";
+    section.dataset.lastSeq = "0";
+    section.dataset.applied = "0";
+    const back = el("button", "link-button run-back");
+    back.type = "button";
+    const arrow = el("span", null, "\u2190 ");
+    arrow.setAttribute("aria-hidden", "true");
+    back.append(arrow, "Back to all runs");
+    back.addEventListener("click", function () {
+      backToAllRuns({ focus: true, push: true });
+    });
+    const nav = el("p", "run-nav");
+    nav.append(back);
+    const empty = el("p", "empty", "Waiting for this run\u2019s events\u2026");
+    const list = el("div", "execution-list");
+    section.append(nav, empty, list);
+    executionsEl.append(section);
+    return {
+      kind: "run",
+      id: graphExecId,
+      graphId: graph.id,
+      lastSeq: 0, // the graph's number the run is up to (its events only)
+      positioned: false,
+      requestedSince: undefined,
+      eventsUrl: executionEventsUrl(graphExecId),
+      historyUrl: graph.historyUrl, // asked before its stream opens, as for the graph
+      executions: new Map(),
+      el: section,
+      listEl: list,
+      emptyEl: empty,
+      notice: "",
+    };
+  }
+
+  /** The run's own Server-Sent Events URL, or "" where the page has none to offer. */
+  function executionEventsUrl(graphExecId) {
+    const template = root.dataset.executionEventsUrl || "";
+    const at = template.lastIndexOf(EXECUTION_ID_PLACEHOLDER);
+    // A browser resolves "." and ".." path segments away before sending: no URL reaches those.
+    if (at < 0 || graphExecId === "." || graphExecId === "..") return "";
+    return (
+      template.slice(0, at) +
+      encodeURIComponent(graphExecId) +
+      template.slice(at + EXECUTION_ID_PLACEHOLDER.length)
+    );
+  }
+
+  /** Show one execution of the graph shown alone, following it with its own subscription. */
+  function followRun(graphExecId, options) {
+    options = options || {};
+    const state = current !== null && graphs.get(current);
+    if (!state || gaveUp || (run && run.id === graphExecId)) return;
+    leaveRun();
+    unsubscribe(current); // the run's subscription takes the graph's place
+    run = runState(state, graphExecId);
+    showPanel();
+    if (options.focus) panelHeading.focus();
+    if (options.push) pushPlace(current, graphExecId);
+    watchShown();
+  }
+
+  /** Stop following the run: its subscription or stream ends, its section goes. */
+  function leaveRun() {
+    const feed = run;
+    if (!feed) return;
+    if (runSubscribed !== null) send({ method: "unsubscribe", data: { graph_exec_id: feed.id } });
+    runSubscribed = null;
+    run = null;
+    if (stream && stream.feed === feed) stopStream();
+    feed.el.remove();
+  }
+
+  /** Back to the graph's executions, resumed from where the graph was (`since`). */
+  function backToAllRuns(options) {
+    options = options || {};
+    const feed = run;
+    if (!feed) return;
+    leaveRun();
+    showPanel();
+    if (options.push) pushPlace(current, null);
+    if (options.focus) {
+      const execution = graphs.get(current).executions.get(feed.id);
+      const button = execution && execution.el.querySelector(".follow-run");
+      (button || panelHeading).focus();
     }
-    if (stream && stream.graphId !== graphId) stopStream();
-    if (socket && socket.readyState === WebSocket.OPEN) {
-      if (previous) unsubscribe(previous);
-      subscribe(graphId);
-    } else if (fallback) {
-      follow(graphId); // the WebSocket is still tried on its backoff
-    } else if (!socket) {
-      attempt = 0;
-      connect(); // the open handler subscribes to the current graph
-    }
+    watchShown();
   }
 
   for (const link of graphLinks) {
@@ -902,9 +1250,17 @@
     return graphLinks.some((a) => a.dataset.graphId === wanted) ? wanted : null;
   }
 
+  function runFromUrl() {
+    return new URL(window.location.href).searchParams.get("run") || null;
+  }
+
   window.addEventListener("popstate", function () {
     const graphId = graphFromUrl();
-    if (graphId) selectGraph(graphId, { focus: false, push: false });
+    if (!graphId) return;
+    selectGraph(graphId, { focus: false, push: false });
+    const graphExecId = runFromUrl();
+    if (graphExecId) followRun(graphExecId, { focus: false, push: false });
+    else backToAllRuns({ focus: false, push: false });
   });
 
   // --- the demo button -------------------------------------------------------------------
@@ -953,7 +1309,10 @@
   // --- start -----------------------------------------------------------------------------
 
   window.setInterval(tick, 1000);
-  const initial = graphFromUrl();
-  if (initial) selectGraph(initial, { focus: false, push: false });
-  else if (graphLinks.length === 1) selectGraph(graphLinks[0].dataset.graphId, { focus: false, push: false });
+  const initial = graphFromUrl() || (graphLinks.length === 1 ? graphLinks[0].dataset.graphId : null);
+  if (initial !== null) {
+    selectGraph(initial, { focus: false, push: false });
+    const initialRun = runFromUrl();
+    if (initialRun) followRun(initialRun, { focus: false, push: false });
+  }
 })();
