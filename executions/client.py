@@ -329,8 +329,6 @@ class Subscription:
         self._ending: BaseException | None = None
         # The last seq received from the server: where a reconnect resumes (None: not yet known).
         self._received: int | None = request.since
-        # While a snapshot is arriving: the head it ends at.
-        self._snapshot_head: int | None = None
         self._awaiting_ack = False
         self._requested_since: int | None = None
         self._acked_once = False
@@ -402,11 +400,13 @@ class Subscription:
                 self._queue.put_nowait(_WAKE)
 
     def _subscribe_data(self) -> dict[str, Any]:
-        """What to ask for on this connection: a snapshot to learn the head, or a resume."""
-        snapshot_unfinished = self._snapshot_head is not None and (
-            self._received is None or self._received < self._snapshot_head
-        )
-        if self._received is None or snapshot_unfinished:
+        """What to ask for on this connection: a snapshot to learn the head, or a resume.
+
+        A snapshot cut short resumes after its last frame received: its frames are in seq
+        order, so the replay holds the rest of them and every event since, whatever a view
+        filters out (a snapshot need not end with the head it was acknowledged with).
+        """
+        if self._received is None:
             self._requested_since = None
             return {**self._target(), "snapshot": True}
         self._requested_since = self._received
@@ -442,13 +442,8 @@ class Subscription:
             # dropped as already seen.
             self._received = head
             self.position = head
-        elif self._received is not None and head <= self._received:
-            self._snapshot_head = None
         elif head == 0:
             self._received = self.position = 0
-            self._snapshot_head = None
-        else:
-            self._snapshot_head = head
         self._acked_once = True
 
     def _accept(self, seq: int) -> bool:
@@ -456,8 +451,6 @@ class Subscription:
         if self._received is not None and seq <= self._received:
             return False
         self._received = seq
-        if self._snapshot_head is not None and seq >= self._snapshot_head:
-            self._snapshot_head = None
         return True
 
 
@@ -969,9 +962,10 @@ class ExecutionStream:
     def _on_error(self, channel: Any, error: str) -> None:
         if isinstance(channel, str):
             # The answer to a request about that graph or execution: it ends that one only.
-            subscription = self._subscriptions.get(
+            # A graph followed under the exact name wins over an execution's channel.
+            subscription = self._subscriptions.get(("graph", channel)) or self._subscriptions.get(
                 _key_of("execution", channel)
-            ) or self._subscriptions.get(("graph", channel))
+            )
             if subscription is None:
                 logger.info("Error about %r, no longer followed: %s", channel, error)
                 return

@@ -492,6 +492,41 @@ async def test_slow_consumer_close_silent_server_and_protocol_errors(caplog: Any
     assert "No answer to a heartbeat" in caplog.text
 
 
+async def test_a_snapshot_cut_short_resumes_after_its_last_frame_not_with_a_new_snapshot() -> None:
+    """The snapshot of a graph whose head is not one of its frames (another run's event, a graph
+    event its view leaves out) never reaches that head; a reconnect must still miss nothing."""
+    requests: list[dict[str, Any]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        first_connection = not requests
+        async for text in ws:
+            request = json.loads(text)
+            if request["method"] == "heartbeat":
+                await ws.send(PONG)
+                continue
+            requests.append(request["data"])
+            if first_connection:
+                await ws.send(ack("G", head=10))
+                await ws.send(event("G", 4))  # the latest of two nodes; 5 to 10 are not shown
+                await ws.send(event("G", 7))
+                await ws.close(1012)
+            else:
+                await ws.send(ack("G", head=12))
+                for seq in (8, 11, 12):  # what the replay after 7 holds for this view
+                    await ws.send(event("G", seq))
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        async with connect(url, token="t", reconnect=FAST_RECONNECT) as stream:
+            subscription = stream.subscribe("G", snapshot=True)
+            received = await take(subscription, 5)
+            assert await nothing_more(subscription)
+
+    assert requests == [{"graph_id": "G", "snapshot": True}, {"graph_id": "G", "since": 7}]
+    assert [position for position, _ in received] == [4, 7, 8, 11, 12]
+    assert stream.reconnects == 1
+
+
 # --- where the token travels --------------------------------------------------------------
 
 
