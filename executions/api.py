@@ -22,8 +22,9 @@ from executions.errors import (
 )
 from executions.events import send_execution_results
 from executions.exceptions import BatchNotStored, ExecutionsError, PublishNotDelivered
+from executions.following import may_follow_graph
 from executions.ingest import token_refusal
-from executions.schemas import MAX_GRAPH_ID_LENGTH, TaggedPublishable
+from executions.schemas import TaggedPublishable
 from executions.scope import declares_more_than
 from executions.tokens import mint_token, user_for_token
 
@@ -162,7 +163,7 @@ def graph_history(
     request: HttpRequest, graph_id: str, query: Query[HistoryQuery]
 ) -> dict[str, Any] | Status[dict[str, str]]:
     user = request.auth  # type: ignore[attr-defined]
-    if len(graph_id) > MAX_GRAPH_ID_LENGTH or not conf.subscribe_policy()(user, graph_id):
+    if not may_follow_graph(user, graph_id):
         return Status(403, {"error": "Not allowed to read this graph."})
     position = history.position(graph_id)
     events = history.events_after(graph_id, query.since, query.limit)

@@ -14,10 +14,9 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from executions import catchup, conf, history, metrics, policy, revocation, servers
+from executions import catchup, conf, history, metrics, revocation, servers
 from executions.auth import AUTH_ERROR_KEY, chosen_subprotocol
 from executions.channels import (
-    ExecutionView,
     GraphExecutionsView,
     GraphView,
     View,
@@ -25,13 +24,14 @@ from executions.channels import (
     graph_executions_channel,
 )
 from executions.fanout import local_fanout
+from executions.following import execution_followed, may_follow_graph
 from executions.history import StoredEvent
 from executions.inbound import (
     decode_client_message,
     execution_subscription_request,
     subscription_request,
 )
-from executions.limits import TokenBucket, open_connections
+from executions.limits import TokenBucket, admit_connection, open_connections
 from executions.outbox import Backlog
 from executions.protocol import (
     CloseCode,
@@ -51,10 +51,6 @@ logger = logging.getLogger(__name__)
 def _utf8_length_over(text: str, limit: int) -> bool:
     # A character takes at most 4 bytes: short texts need no encoding to be measured.
     return len(text) * 4 > limit and len(text.encode("utf-8", "replace")) > limit
-
-
-async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
-    return await database_sync_to_async(func)(*args)
 
 
 Handler = Callable[["ExecutionStreamConsumer", ClientMessage], Awaitable[None]]
@@ -112,6 +108,9 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         self.subscriptions = {}
         # The same subscriptions by the graph whose stream each follows.
         self._following: dict[str, dict[SubscriptionKey, Subscription]] = {}
+        # Graphs whose fan-out a subscribe joined but never finished starting (it failed or was
+        # cancelled mid catch-up): left at release with the others.
+        self._stray: set[str] = set()
         self._counted_user = None
         self._credential = None
         self._revoked: str | None = None
@@ -179,10 +178,16 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         if not following:
             return True  # nothing here follows its graph (any more)
         seq = event["seq"]
-        if any(seq > subscription.delivered + 1 for subscription in following.values()):
-            return False  # a gap to fill from the history first
+        subscriptions = following.values()
+        if len(following) == 1:
+            # The common case, and the fan-out's hot path: no generator per connection.
+            (only,) = subscriptions
+            if seq > only.delivered + 1:
+                return False  # a gap to fill from the history first
+        elif any(seq > subscription.delivered + 1 for subscription in subscriptions):
+            return False
         try:
-            for subscription in following.values():
+            for subscription in subscriptions:
                 if seq > subscription.delivered and not self._write_directly(
                     subscription, seq, event
                 ):
@@ -277,17 +282,16 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         """AutoGPT's protocol: the node and graph events of one execution."""
         request = execution_subscription_request(message)
         graph_exec_id = request.graph_exec_id
-        user_id = self._user_id()
-        channel = execution_channel(user_id, graph_exec_id)
+        channel = execution_channel(self._user_id(), graph_exec_id)
         if not await self._still_authenticated():
             return
-        graph_id = await database_sync_to_async(history.execution_graph)(graph_exec_id)
+        user = self.scope["user"]
+        followed = await database_sync_to_async(execution_followed)(user, graph_exec_id)
         # Another user's execution is refused exactly as one that does not exist.
-        if graph_id is None or not await self._may_subscribe(graph_id):
+        if followed is None:
             self._log("websocket.subscribe_refused")
             raise ProtocolViolation("not_allowed", ErrorText.NO_SUCH_EXECUTION, channel)
-        owner_id = await database_sync_to_async(policy.graph_owner_id)(graph_id)
-        view = ExecutionView(graph_exec_id, channel, owner_id or user_id)
+        graph_id, view = followed
         subscription = Subscription(graph_id, view, channel, request.numbered)
         snapshot = partial(history.latest_state, graph_id, graph_exec_id=graph_exec_id)
         key = ("execution", graph_exec_id)
@@ -330,23 +334,35 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         if key not in self.subscriptions and len(self.subscriptions) >= limit:
             error = ErrorText.TOO_MANY_SUBSCRIPTIONS.format(limit=limit)
             raise ProtocolViolation("subscription_limit", error, subscription.channel)
-        if key not in self.subscriptions:
-            metrics.SUBSCRIPTIONS.inc()
-        await local_fanout(self.channel_layer).add(subscription.graph_id, self)
-        # Read after joining: whatever is published from here on also arrives live.
-        position = await database_sync_to_async(history.position)(subscription.graph_id)
-        if not request.numbered:
-            if key not in self.subscriptions:
-                subscription.delivered = position.head
-                self._add(key, subscription)
-            await self._acknowledge(ack_frame(method, subscription.channel))
-            return
-        await self._catch_up(subscription, method, request, position, snapshot)
-        self._add(key, subscription)
+        graph_id = subscription.graph_id
+        await local_fanout(self.channel_layer).add(graph_id, self)
+        try:
+            # Read after joining: whatever is published from here on also arrives live.
+            position = await database_sync_to_async(history.position)(graph_id)
+            if not request.numbered:
+                if key not in self.subscriptions:
+                    subscription.delivered = position.head
+                    await self._add(key, subscription)
+                await self._acknowledge(ack_frame(method, subscription.channel))
+                return
+            await self._catch_up(subscription, method, request, position, snapshot)
+        except BaseException:
+            if graph_id not in self._following:
+                self._stray.add(graph_id)
+            raise
+        await self._add(key, subscription)
 
-    def _add(self, key: SubscriptionKey, subscription: Subscription) -> None:
+    async def _add(self, key: SubscriptionKey, subscription: Subscription) -> None:
+        """Count a started subscription in, in place of the one it restarts."""
+        replaced = self.subscriptions.get(key)
+        if replaced is not None and replaced.graph_id != subscription.graph_id:
+            await self._unfollow(key)  # an execution id now found in another graph
+            replaced = None
+        if replaced is None:
+            metrics.SUBSCRIPTIONS.inc()
         self.subscriptions[key] = subscription
         self._following.setdefault(subscription.graph_id, {})[key] = subscription
+        self._stray.discard(subscription.graph_id)
 
     async def _unfollow(self, key: SubscriptionKey) -> Subscription | None:
         """End a subscription; leave its graph's fan-out when it was the last on that graph."""
@@ -523,7 +539,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         if refusal is not None:
             self.revoke(refusal)
             return
-        self._expiry = revocation.ExpiryWatch(self.scope, self.revoke, _in_thread)
+        self._expiry = revocation.ExpiryWatch(self.scope, self.revoke, catchup.on_shared_thread)
         self._expiry.arm(credential)
 
     async def _stop_following_revocations(self) -> None:
@@ -561,32 +577,26 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     async def _drop_subscriptions(self) -> None:
         fanout = local_fanout(self.channel_layer)
-        for graph_id in self._following:
+        for graph_id in self._following.keys() | self._stray:
             await fanout.discard(graph_id, self)
         metrics.SUBSCRIPTIONS.dec(len(self.subscriptions))
         self.subscriptions = {}
         self._following = {}
+        self._stray = set()
 
     async def _admit(self, user_key: object) -> None:
         """Count the connection in, or close it when a connection limit is reached."""
-        over = open_connections.admit(
-            user_key,
-            max_total=conf.get("EXECUTIONS_MAX_CONNECTIONS"),
-            max_per_user=conf.get("EXECUTIONS_MAX_CONNECTIONS_PER_USER"),
-        )
-        if over == "process":
-            await self._close_with_error(CloseCode.SERVER_FULL, ErrorText.SERVER_FULL)
-        elif over == "user":
-            limit = conf.get("EXECUTIONS_MAX_CONNECTIONS_PER_USER")
-            reason = ErrorText.TOO_MANY_CONNECTIONS.format(limit=limit)
-            await self._close_with_error(CloseCode.TOO_MANY_CONNECTIONS, reason)
-        else:
+        refused = admit_connection(user_key)
+        if refused is None:
             self._counted_user = user_key
             metrics.CONNECTIONS.inc()
             self._log("websocket.connect")
             await self._follow_revocations()
-        if over is not None:
-            self._log("websocket.connection_limit", limit=over)
+            return
+        self._log("websocket.connection_limit", limit=refused.limit)
+        by_user = refused.limit == "user"
+        code = CloseCode.TOO_MANY_CONNECTIONS if by_user else CloseCode.SERVER_FULL
+        await self._close_with_error(code, refused.reason)
 
     async def _refuse_over_rate(self) -> None:
         if self._patience.take():
@@ -628,5 +638,4 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         return None
 
     async def _may_subscribe(self, graph_id: str) -> bool:
-        policy = conf.subscribe_policy()
-        return bool(await database_sync_to_async(policy)(self.scope["user"], graph_id))
+        return await database_sync_to_async(may_follow_graph)(self.scope["user"], graph_id)

@@ -268,10 +268,14 @@ def latest_runs(graph_id: str, until: int) -> list[StoredEvent]:
 
 
 def execution_graph(graph_exec_id: str) -> str | None:
-    """The graph an execution belongs to: that of its first stored event; None if none is."""
+    """The graph an execution belongs to: that of its first stored event; None if none is.
+
+    An id that later turns up in another graph's events stays with the graph it started in
+    (rows are numbered in insertion order across graphs, seq only within one).
+    """
     return (
         ExecutionEvent.objects.filter(graph_exec_id=graph_exec_id)
-        .order_by("seq")
+        .order_by("pk")
         .values_list("graph_id", flat=True)
         .first()
     )

@@ -3,6 +3,10 @@
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
+
+from executions import conf
+from executions.protocol import ErrorText
 
 
 @dataclass(slots=True)
@@ -54,3 +58,24 @@ class ConnectionCounter:
 
 # One event loop serves all of a process's connections, so a plain module-level counter is safe.
 open_connections = ConnectionCounter()
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Why a new connection (WebSocket or SSE stream) is not let in."""
+
+    limit: Literal["process", "user"]
+    reason: str
+
+
+def admit_connection(user_key: object) -> Refused | None:
+    """Count a new connection in under the configured limits, or say which one refuses it."""
+    max_per_user = conf.get("EXECUTIONS_MAX_CONNECTIONS_PER_USER")
+    over = open_connections.admit(
+        user_key, max_total=conf.get("EXECUTIONS_MAX_CONNECTIONS"), max_per_user=max_per_user
+    )
+    if over == "process":
+        return Refused("process", ErrorText.SERVER_FULL)
+    if over == "user":
+        return Refused("user", ErrorText.TOO_MANY_CONNECTIONS.format(limit=max_per_user))
+    return None

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 from enum import Enum, StrEnum
-from typing import Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -191,35 +191,41 @@ class WsMessage(BaseModel):
     error: str | None = None
 
 
-class Resumable(Protocol):
-    """A subscription request's way to start: after a number, from a snapshot, or live."""
-
-    since: int | None
-    snapshot: bool
-
-    @property
-    def numbered(self) -> bool: ...
+# Where a subscription starts: after a sequence number (None: not a resume).
+Since = Annotated[StrictInt, Field(ge=0)] | None
 
 
-class SubscriptionRequest(BaseModel):
-    """The ``data`` of a subscribe or unsubscribe message.
+class Resumable:
+    """A subscription request's way to start: after a number, from a snapshot, or live; with
+    ``since`` or ``snapshot`` every event frame carries ``seq``.
 
-    ``since`` resumes after a sequence number; ``snapshot`` first sends the latest result of each
-    node of the graph's most recent execution. Either makes every event frame carry ``seq``.
+    Each request declares the fields after its id, so that a missing id is the error reported.
     """
 
-    model_config = ConfigDict(extra="ignore")
-
-    graph_id: GraphId
-    since: Annotated[StrictInt, Field(ge=0)] | None = None
-    snapshot: StrictBool = False
+    if TYPE_CHECKING:  # declared for type checkers only: pydantic would make them fields first
+        since: int | None
+        snapshot: bool
 
     @property
     def numbered(self) -> bool:
         return self.since is not None or self.snapshot
 
 
-class ExecutionSubscriptionRequest(BaseModel):
+class SubscriptionRequest(Resumable, BaseModel):
+    """The ``data`` of a subscribe or unsubscribe message.
+
+    ``since`` resumes after a sequence number; ``snapshot`` first sends the latest result of each
+    node of the graph's most recent execution.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    graph_id: GraphId
+    since: Since = None
+    snapshot: StrictBool = False
+
+
+class ExecutionSubscriptionRequest(Resumable, BaseModel):
     """The ``data`` of subscribe_graph_execution (and of an unsubscribe that names an execution).
 
     AutoGPT's request is ``{"graph_exec_id"}``; ``since`` and ``snapshot`` work as in
@@ -229,12 +235,8 @@ class ExecutionSubscriptionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     graph_exec_id: GraphId
-    since: Annotated[StrictInt, Field(ge=0)] | None = None
+    since: Since = None
     snapshot: StrictBool = False
-
-    @property
-    def numbered(self) -> bool:
-        return self.since is not None or self.snapshot
 
 
 def execution_event_frame(result: ExecutionResult) -> str:

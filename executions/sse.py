@@ -37,17 +37,17 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
 
-from executions import catchup, conf, history, metrics, policy, revocation
+from executions import catchup, conf, history, metrics, revocation
 from executions.catchup import on_shared_thread
-from executions.channels import ExecutionView, GraphView, View, execution_channel
+from executions.channels import GraphView, View
 from executions.errors import BAD_CREDENTIALS
 from executions.exceptions import ExecutionsError
 from executions.fanout import local_fanout
-from executions.limits import open_connections
+from executions.following import execution_followed, may_follow_graph
+from executions.limits import admit_connection, open_connections
 from executions.outbox import Backlog
 from executions.protocol import ErrorText
 from executions.revocation import TOKEN_KEY
-from executions.schemas import MAX_GRAPH_ID_LENGTH
 from executions.scope import bearer_token
 from executions.tokens import verify_token
 
@@ -157,11 +157,7 @@ async def graph_events(request: HttpRequest, graph_id: str) -> HttpResponseBase:
     scope = await _authenticated(request)
     if scope is None:
         return _error(401, BAD_CREDENTIALS)
-    policy = conf.subscribe_policy()
-    allowed = len(graph_id) <= MAX_GRAPH_ID_LENGTH and await on_shared_thread(
-        policy, scope["user"], graph_id
-    )
-    if not allowed:
+    if not await on_shared_thread(may_follow_graph, scope["user"], graph_id):
         return _error(403, "Not allowed to read this graph.")
     return _event_stream(request, graph_id, GraphView(), scope)
 
@@ -172,19 +168,10 @@ async def execution_events(request: HttpRequest, graph_exec_id: str) -> HttpResp
     scope = await _authenticated(request)
     if scope is None:
         return _error(401, BAD_CREDENTIALS)
-    graph_id = None
-    if len(graph_exec_id) <= MAX_GRAPH_ID_LENGTH:
-        graph_id = await on_shared_thread(history.execution_graph, graph_exec_id)
-    allowed = graph_id is not None and await on_shared_thread(
-        conf.subscribe_policy(), scope["user"], graph_id
-    )
-    # Another user's execution is answered exactly as one that does not exist.
-    if graph_id is None or not allowed:
-        return _error(404, "Graph execution not found.")
-    user_id = str(scope["user"].pk)
-    owner_id = await on_shared_thread(policy.graph_owner_id, graph_id)
-    channel = execution_channel(user_id, graph_exec_id)
-    view = ExecutionView(graph_exec_id, channel, owner_id or user_id)
+    followed = await on_shared_thread(execution_followed, scope["user"], graph_exec_id)
+    if followed is None:
+        return _error(404, ErrorText.NO_SUCH_EXECUTION)
+    graph_id, view = followed
     return _event_stream(request, graph_id, view, scope)
 
 
@@ -218,21 +205,6 @@ class _CountedStream:
         return self._events
 
 
-def _admit(user_key: object) -> HttpResponseBase | None:
-    """Count the stream in with the process's connections, or the answer that refuses it."""
-    over = open_connections.admit(
-        user_key,
-        max_total=conf.get("EXECUTIONS_MAX_CONNECTIONS"),
-        max_per_user=conf.get("EXECUTIONS_MAX_CONNECTIONS_PER_USER"),
-    )
-    if over == "process":
-        return _error(503, ErrorText.SERVER_FULL)
-    if over == "user":
-        limit = conf.get("EXECUTIONS_MAX_CONNECTIONS_PER_USER")
-        return _error(429, ErrorText.TOO_MANY_CONNECTIONS.format(limit=limit))
-    return None
-
-
 def _event_stream(
     request: HttpRequest, graph_id: str, view: View, scope: dict[str, Any]
 ) -> HttpResponseBase:
@@ -240,9 +212,9 @@ def _event_stream(
     if isinstance(since, str):
         return _error(400, since)
     user_key = scope["user"].pk
-    refusal = _admit(user_key)
-    if refusal is not None:
-        return refusal
+    refused = admit_connection(user_key)
+    if refused is not None:
+        return _error(503 if refused.limit == "process" else 429, refused.reason)
     slot = _Slot(user_key)
     response = StreamingHttpResponse(
         _CountedStream(_stream(graph_id, view, since, scope, slot), slot),

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import transaction
 
 from executions.events import (
@@ -23,6 +24,8 @@ from executions.events import (
     send_graph_execution_event_sync,
     send_node_execution_event,
 )
+from executions.fanout import local_fanout
+from executions.models import ExecutionEvent, Graph
 from executions.schemas import (
     ExecutionStatus,
     GraphExecutionEvent,
@@ -562,3 +565,51 @@ async def test_the_ingest_endpoint_names_the_bad_field_of_an_event(
 
     assert response.status_code == 400
     assert response.json()["error"].startswith("Invalid request body: status: ")
+
+
+# What a connection holds, whatever happens to a subscription.
+
+
+async def test_a_subscribe_that_fails_during_its_catch_up_leaves_no_fan_out_membership(
+    alice_client: Any, alice: Any, channel_layer: Any
+) -> None:
+    await send_node_execution_event(node_event(str(alice.pk)))
+    # A row no frame can be made of: the replay fails after the acknowledgement.
+    await sync_to_async(ExecutionEvent.objects.filter(graph_id="test_graph").update)(
+        frame="not a stored frame"
+    )
+
+    ack = await send(
+        alice_client, "subscribe_graph_execution", {"graph_exec_id": "exec-1", "since": 0}
+    )
+    with pytest.raises(ValueError, match="substring not found"):
+        await alice_client.receive_from(timeout=5)
+    alice_client.crashed_as_expected = True
+
+    assert ack["success"] is True
+    assert "test_graph" not in local_fanout(channel_layer).members
+
+
+async def test_an_execution_id_found_in_two_graphs_stays_with_the_graph_it_started_in(
+    alice_client: Any, alice: Any
+) -> None:
+    user_id = str(alice.pk)
+    await sync_to_async(Graph.objects.create)(pk="later_graph", owner=alice)
+    for run in range(4):
+        await send_node_execution_event(node_event(user_id, graph_exec_id=f"run-{run}"))
+    first = node_event(user_id, graph_exec_id="shared-id", node_id="first")
+    await send_node_execution_event(first)  # seq 5 of test_graph
+    # Seq 1 of another graph: lower, but stored later.
+    await send_node_execution_event(
+        node_event(user_id, graph_exec_id="shared-id", graph_id="later_graph")
+    )
+
+    ack = await send(
+        alice_client, "subscribe_graph_execution", {"graph_exec_id": "shared-id", "since": 0}
+    )
+
+    assert ack["data"] == {"head": 5, "oldest": 1, "truncated": False}
+    channel = f"{user_id}|graph_exec#shared-id"
+    frame = autogpt_frame(Methods.NODE_EXECUTION_EVENT, channel, first)
+    assert await alice_client.receive_from(timeout=5) == f'{frame[:-1]},"seq":5}}'
+    assert await alice_client.receive_nothing(timeout=0.3)
