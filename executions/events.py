@@ -127,9 +127,23 @@ async def send_execution_results(
     ):
         stored = await database_sync_to_async(_store_in_transaction)(validated)
         return [event.seq for event in stored]
-    stored = await writers.run(history.record, validated)
-    await broadcast(stored)
+    # Once handed to the writer a publish completes, even if its caller is cancelled meanwhile
+    # (an ingest client hanging up): what gets stored is also sent.
+    task = asyncio.ensure_future(_store_and_send(validated))
+    _completing.add(task)
+    task.add_done_callback(_completing.discard)
+    stored = await asyncio.shield(task)
     return [event.seq for event in stored]
+
+
+# Publishes whose callers stopped waiting, kept referenced until they complete.
+_completing: set["asyncio.Future[list[StoredEvent]]"] = set()
+
+
+async def _store_and_send(validated: list[Publishable]) -> list[StoredEvent]:
+    stored: list[StoredEvent] = await writers.run(validated)
+    await broadcast(stored)
+    return stored
 
 
 async def send_execution_result(result: ResultLike) -> int:
@@ -150,7 +164,7 @@ def send_execution_results_sync(results: Iterable[ResultLike]) -> list[int]:
     if _in_transaction():
         stored = _store_in_transaction(validated)
     else:
-        stored = writers.run_sync(history.record, validated)
+        stored = writers.run_sync(validated)
         async_to_sync(broadcast)(stored)
     return [event.seq for event in stored]
 

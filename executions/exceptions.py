@@ -40,7 +40,9 @@ class PublishNotDelivered(ExecutionsError):
 
 class BatchNotStored(ExecutionsError):
     """The transaction that was to store this publish, with others made at the same moment,
-    failed: nothing of it is stored or sent. Publishing again is safe."""
+    failed: nothing of it is stored or sent. Publishing again is safe, except after a connection
+    lost during the commit itself, whose outcome the database alone knows (the history shows
+    whether the events are there)."""
 
     def __init__(self, publishes: int, events: int, cause: BaseException) -> None:
         self.publishes = publishes

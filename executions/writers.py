@@ -11,7 +11,10 @@ stored. Callers send what was stored once their batch has committed, never befor
 
 The event loop never waits on the database: async callers await a future the writer thread
 completes. The thread keeps its database connection (``close_old_connections`` between batches
-drops a broken or expired one).
+drops a broken or expired one). On PostgreSQL that connection waits at most
+``LOCK_TIMEOUT_SECONDS`` for a row lock (a graph's stream row held by a long transaction of
+the caller's own code): the batch then fails, instead of every publish of the process waiting
+behind it. A thread that died is replaced by the next publish.
 
 SQLite gets its WAL checkpoints off the publishing path too: left to itself it copies the
 write-ahead log back into the database inside whichever commit finds it past 1,000 pages (that
@@ -32,7 +35,7 @@ from typing import Any, Final
 
 from django.db import OperationalError, close_old_connections, connection, connections
 
-from executions import metrics
+from executions import history, metrics
 from executions.exceptions import BatchNotStored
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ SQLITE_CHECKPOINT_EVERY: Final = 50
 CLOSE_TIMEOUT_SECONDS: Final = 30.0
 # How long a batch may wait for SQLite's locks held by other connections before it fails.
 LOCKED_RETRY_SECONDS: Final = 5.0
+# How long a batch may wait for a PostgreSQL row lock before it fails (lock_timeout).
+LOCK_TIMEOUT_SECONDS = 5.0
 # A sync caller's wait for its batch; the writer never holds one nearly this long.
 SYNC_WAIT_SECONDS: Final = 300.0
 
@@ -58,61 +63,83 @@ class _Publish:
 
 
 _STOP: Final = object()
+# What a writer thread has set on its database connection.
+_writer_thread = threading.local()
+
+
+@dataclass(slots=True)
+class _Writer:
+    """One writer thread and the queue only it reads."""
+
+    thread: threading.Thread
+    queue: "queue.SimpleQueue[Any]"
 
 
 class Writers:
     """The process's writer thread and its queue; started by the first publish."""
 
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._starting = threading.Lock()
-        self._store: Store | None = None
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._writer: _Writer | None = None
+        self._changing = threading.Lock()
 
-    async def run(self, store: Store, items: list[Any]) -> list[Any]:
-        """Store ``items`` with whatever else is waiting, in one transaction; return what
-        ``store`` returned for them. Raises BatchNotStored when the batch failed."""
-        publish = self._submit(store, items)
-        return await asyncio.wrap_future(publish.done)
+    async def run(self, items: list[Any]) -> list[Any]:
+        """Store ``items`` with whatever else is waiting, in one transaction; return what the
+        store returned for them. Raises BatchNotStored when the batch failed."""
+        return await asyncio.wrap_future(self._submit(items).done)
 
-    def run_sync(self, store: Store, items: list[Any]) -> list[Any]:
+    def run_sync(self, items: list[Any]) -> list[Any]:
         """The same, for a thread outside any transaction (blocks until its batch commits)."""
-        return self._submit(store, items).done.result(SYNC_WAIT_SECONDS)
+        return self._submit(items).done.result(SYNC_WAIT_SECONDS)
 
     def close(self) -> None:
         """Stop the writer thread once it has stored what it holds, and close its connection.
 
         For the end of a test session (a test database cannot be dropped while a writer keeps a
         connection to it) and anything else that must let go of the database; the next publish
-        starts a new thread.
+        starts a new thread, with a queue of its own.
         """
-        with self._starting:
-            thread, self._thread = self._thread, None
-            if thread is None:
+        with self._changing:
+            writer, self._writer = self._writer, None
+            if writer is None:
                 return
-            self._queue.put(_STOP)
-        thread.join(CLOSE_TIMEOUT_SECONDS)
+            writer.queue.put(_STOP)
+        writer.thread.join(CLOSE_TIMEOUT_SECONDS)
 
-    def _submit(self, store: Store, items: list[Any]) -> _Publish:
+    def _submit(self, items: list[Any]) -> _Publish:
         publish = _Publish(list(items))
-        with self._starting:
-            if self._thread is None:
-                self._store = store
-                self._thread = threading.Thread(
-                    target=self._write_forever, name="executions-writer", daemon=True
-                )
-                self._thread.start()
-            self._queue.put(publish)
+        with self._changing:
+            writer = self._writer
+            if writer is None or not writer.thread.is_alive():
+                if writer is not None:
+                    logger.error("The writer thread had stopped: starting another one.")
+                    _fail_waiting(writer.queue)
+                writer = self._writer = self._start()
+            writer.queue.put(publish)
         return publish
 
-    def _write_forever(self) -> None:
+    def _start(self) -> _Writer:
+        waiting: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        thread = threading.Thread(
+            target=self._write_forever, args=(waiting,), name="executions-writer", daemon=True
+        )
+        thread.start()
+        return _Writer(thread, waiting)
+
+    def _write_forever(self, waiting: "queue.SimpleQueue[Any]") -> None:
         sqlite = connection.vendor == "sqlite"
         since_checkpoint = 0
+        held: list[_Publish] = []  # taken from the queue, for the next batch
         try:
             while True:
-                batch, stopping = self._next_batch()
+                batch, stopping = _next_batch(waiting, held)
                 if batch:
-                    stored = self._commit(batch)
+                    try:
+                        stored = self._commit(batch)
+                    except Exception:
+                        # Never let the thread die with callers waiting on it.
+                        logger.exception("The writer failed a batch")
+                        continue
                     if sqlite:
                         since_checkpoint += stored
                         if since_checkpoint >= SQLITE_CHECKPOINT_EVERY:
@@ -123,30 +150,12 @@ class Writers:
         finally:
             connections.close_all()
 
-    def _next_batch(self) -> tuple[list[_Publish], bool]:
-        """Wait for a publish, then take every one already waiting, up to the batch's size."""
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        batch: list[_Publish] = [first]
-        count = len(first.items)
-        while count < MAX_BATCH_EVENTS:
-            try:
-                waiting = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if waiting is _STOP:
-                return batch, True
-            batch.append(waiting)
-            count += len(waiting.items)
-        return batch, False
-
     def _commit(self, batch: Sequence[_Publish]) -> int:
         """Store a batch in one transaction; complete each caller's future. Returns the count."""
         items = [item for publish in batch for item in publish.items]
         try:
             stored = self._store_retrying_locks(items)
-        except BaseException as exc:
+        except Exception as exc:
             metrics.BATCHES_FAILED.inc()
             error = BatchNotStored(len(batch), len(items), exc)
             error.__cause__ = exc
@@ -154,9 +163,7 @@ class Writers:
                 _settle(publish.done, exception=error)
             return 0
         finally:
-            # What database_sync_to_async does around each call, once per batch: drop a
-            # connection that broke or outlived CONN_MAX_AGE.
-            close_old_connections()
+            _drop_stale_connection()
         metrics.BATCHES_STORED.inc()
         metrics.BATCH_EVENTS.observe(len(items))
         start = 0
@@ -170,18 +177,78 @@ class Writers:
         """Store, trying again while SQLite reports a lock another connection holds for a moment
         (a shared-cache database's table lock, a busy timeout run out): the failed transaction
         rolled back whole, so trying again stores each event once."""
-        assert self._store is not None
         deadline = time.monotonic() + LOCKED_RETRY_SECONDS
         delay = 0.001
         while True:
             try:
+                _limit_lock_waits()
                 return self._store(items)
             except OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() + delay > deadline:
                     raise
-            close_old_connections()
+            _drop_stale_connection()
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+
+def _next_batch(
+    waiting: "queue.SimpleQueue[Any]", held: list[_Publish]
+) -> tuple[list[_Publish], bool]:
+    """Wait for a publish, then take every one already waiting while the batch stays within
+    MAX_BATCH_EVENTS (a publish that would pass it is held for the next batch)."""
+    first = held.pop() if held else waiting.get()
+    if first is _STOP:
+        return [], True
+    batch: list[_Publish] = [first]
+    count = len(first.items)
+    while count < MAX_BATCH_EVENTS:
+        try:
+            publish = waiting.get_nowait()
+        except queue.Empty:
+            break
+        if publish is _STOP:
+            return batch, True
+        if count + len(publish.items) > MAX_BATCH_EVENTS:
+            held.append(publish)
+            break
+        batch.append(publish)
+        count += len(publish.items)
+    return batch, False
+
+
+def _limit_lock_waits() -> None:
+    """On PostgreSQL, bound how long the writer's statements wait for a lock (once per
+    connection: the session keeps the setting)."""
+    if connection.vendor != "postgresql":
+        return
+    connection.ensure_connection()
+    setting = (connection.connection, LOCK_TIMEOUT_SECONDS)
+    if getattr(_writer_thread, "lock_timeout", None) == setting:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_SECONDS * 1000)}")
+    _writer_thread.lock_timeout = setting
+
+
+def _drop_stale_connection() -> None:
+    """What database_sync_to_async does around each call, once per batch: drop a connection
+    that broke or outlived CONN_MAX_AGE (never raising: the writer must go on)."""
+    try:
+        close_old_connections()
+    except Exception:
+        logger.exception("Closing the writer's database connection failed")
+
+
+def _fail_waiting(waiting: "queue.SimpleQueue[Any]") -> None:
+    """Fail the publishes a dead thread left in its queue (none may wait forever)."""
+    error = RuntimeError("the writer thread stopped before storing this publish")
+    while True:
+        try:
+            publish = waiting.get_nowait()
+        except queue.Empty:
+            return
+        if publish is not _STOP:
+            _settle(publish.done, exception=BatchNotStored(1, len(publish.items), error))
 
 
 def _settle(done: "Future[list[Any]]", result: Any = None, exception: Any = None) -> None:
@@ -201,7 +268,7 @@ def _checkpoint_sqlite() -> None:
     except Exception:
         logger.exception("SQLite checkpoint failed")
     finally:
-        close_old_connections()
+        _drop_stale_connection()
 
 
-writers = Writers()
+writers = Writers(history.record)

@@ -7,6 +7,7 @@ refuses fails every publisher in it, with nothing of it stored.
 
 import asyncio
 import json
+import queue
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
+from django.db import connection, transaction
 
-from executions import metrics
+from executions import metrics, writers
 from executions.events import send_execution_results, send_execution_results_sync
 from executions.exceptions import BatchNotStored
 from executions.models import ExecutionEvent, GraphStream
@@ -172,3 +173,97 @@ async def test_the_ingest_endpoint_answers_a_refused_batch_with_503(
     assert response.status_code == 503
     assert response.json()["error"].startswith("Not stored: the database refused the batch")
     assert await sync_to_async(stored_numbers)(poisoned_graph) == []
+
+
+async def test_a_publisher_cancelled_while_its_batch_is_stored_still_has_its_events_sent(
+    settings: Any, connect: Any, alice_token: str
+) -> None:
+    settings.EXECUTIONS_SWEEP_SECONDS = 60  # sent by the publish itself, not found by a sweep
+    client = await connect(token=alice_token)
+    await client.send_json_to({"method": "subscribe", "data": {"graph_id": "test_graph"}})
+    assert (await client.receive_json_from(timeout=5))["success"] is True
+
+    publish = asyncio.ensure_future(send_execution_results([make_result("test_graph")]))
+    await asyncio.sleep(0)  # handed to the writer
+    publish.cancel()  # the caller hangs up, as an ingest client may
+
+    event = await client.receive_json_from(timeout=5)
+    assert (event["method"], event["data"]["graph_id"]) == ("execution_event", "test_graph")
+    assert publish.cancelled()
+    assert len(await sync_to_async(stored_numbers)("test_graph")) == 1
+
+
+def test_a_batch_never_takes_more_than_max_batch_events() -> None:
+    waiting: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    sizes = [MAX_BATCH_EVENTS // 2 - 1, MAX_BATCH_EVENTS // 2 - 1, 3, 1]
+    for size in sizes:
+        waiting.put(writers._Publish([None] * size))
+    held: list[Any] = []
+
+    first, _ = writers._next_batch(waiting, held)
+    second, _ = writers._next_batch(waiting, held)
+
+    # The third publish would take the first batch past the limit: it starts the second.
+    assert [len(publish.items) for publish in first] == sizes[:2]
+    assert [len(publish.items) for publish in second] == sizes[2:]
+    assert held == []
+
+
+async def test_a_row_lock_held_by_a_long_transaction_fails_its_batch_within_the_lock_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite's writer lock is waited for a bound")
+    monkeypatch.setattr(writers, "LOCK_TIMEOUT_SECONDS", 0.5)
+    assert await send_execution_results([make_result("locked")]) == [1]
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_stream_row() -> None:
+        try:
+            with transaction.atomic():
+                GraphStream.objects.select_for_update().get(graph_id="locked")
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()  # this thread's own
+
+    holder = threading.Thread(target=hold_the_stream_row)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 10)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(BatchNotStored, match="lock timeout"):
+            await send_execution_results([make_result("locked")])
+        waited = asyncio.get_running_loop().time() - started
+        # Other graphs go on being published while the row stays locked.
+        assert await send_execution_results([make_result("free")]) == [1]
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 30)
+
+    assert waited < 5
+    assert await send_execution_results([make_result("locked")]) == [2]
+
+
+async def test_publishes_racing_a_close_of_the_writer_all_complete() -> None:
+    def publish_and_close() -> list[int]:
+        numbers: list[int] = []
+        publishers = [
+            threading.Thread(
+                target=lambda: numbers.extend(send_execution_results_sync([make_result("race")]))
+            )
+            for _ in range(40)
+        ]
+        for index, publisher in enumerate(publishers):
+            publisher.start()
+            if index % 4 == 0:
+                writers.writers.close()
+        for publisher in publishers:
+            publisher.join(timeout=20)
+        assert not any(publisher.is_alive() for publisher in publishers)
+        return numbers
+
+    async with asyncio.timeout(20):  # nobody waits on a writer that was told to stop
+        numbers = await asyncio.to_thread(publish_and_close)
+
+    assert sorted(numbers) == list(range(1, 41))
