@@ -1,5 +1,6 @@
 """Shared fixtures: a fresh channel layer per test, users with graphs, a WebSocket factory."""
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.db import connections
 
 from executions.layers import channel_layer_config
@@ -87,10 +89,15 @@ def application() -> Any:
     return application
 
 
+# Hashed once a session: PBKDF2 takes 0.3 s a password, paid by most tests (salts are alike).
+_hashed_password = functools.cache(make_password)
+
+
 @pytest.fixture
 def make_user(transactional_db: None) -> Callable[..., Any]:
     def make(username: str = "alice", graphs: tuple[str, ...] = ()) -> Any:
-        user = get_user_model().objects.create_user(username=username, password="pw-" + username)
+        password = _hashed_password("pw-" + username)
+        user = get_user_model().objects.create(username=username, password=password)
         for graph_id in graphs:
             Graph.objects.create(pk=graph_id, owner=user)
         return user
