@@ -8,6 +8,7 @@ wrapper is not in front), and passes every other request to Django.
 """
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -27,7 +28,7 @@ from executions.errors import (
 )
 from executions.events import send_execution_results
 from executions.exceptions import BatchNotStored, PublishNotDelivered
-from executions.schemas import Publishable, TaggedPublishable
+from executions.schemas import ExecutionResult, Publishable, TaggedPublishable
 from executions.scope import bearer_token, declares_more_than, header, path_info
 
 INGEST_URL_NAME = "ingest"
@@ -37,7 +38,21 @@ _payload: TypeAdapter[Publishable | list[Publishable]] = TypeAdapter(
     TaggedPublishable | list[TaggedPublishable]
 )
 
+# The same for a body of results only, validated without the tag's Python call per item (a third
+# of the validation's time): one that names no "event_type" and holds no \u escape that could.
+_results_only: TypeAdapter[ExecutionResult | list[ExecutionResult]] = TypeAdapter(
+    ExecutionResult | list[ExecutionResult]
+)
+
 Reply = tuple[int, dict[str, Any]]
+
+
+def _validated(body: bytes) -> Sequence[Publishable]:
+    if b"event_type" not in body and b"\\u" not in body:
+        results = _results_only.validate_json(body)
+        return results if isinstance(results, list) else [results]
+    payload = _payload.validate_json(body)
+    return payload if isinstance(payload, list) else [payload]
 
 
 def token_refusal(authorization: str) -> Reply | None:
@@ -54,10 +69,9 @@ def token_refusal(authorization: str) -> Reply | None:
 async def ingest(body: bytes) -> Reply:
     """Validate and publish one authorized request's results; return the status and JSON body."""
     try:
-        payload = _payload.validate_json(body)
+        results = _validated(body)
     except ValidationError as exc:
         return 400, {"error": describe_validation_errors(exc.errors())}  # type: ignore[arg-type]
-    results = payload if isinstance(payload, list) else [payload]
     try:
         accepted = await send_execution_results(results, outside_any_transaction=True)
     except PublishNotDelivered as exc:
