@@ -182,12 +182,13 @@ def credential_of(scope: dict[str, Any]) -> Credential:
     return Credential(user_key, session.session_key, _session_expiry(session))
 
 
-def _session_store() -> Any:
+def session_store() -> Any:
+    """The session engine's SessionStore class."""
     return import_module(settings.SESSION_ENGINE).SessionStore
 
 
 def _session_expiry(session: Any) -> float | None:
-    store = _session_store()
+    store = session_store()
     if not session.session_key:
         return None
     if hasattr(store, "get_model_class"):
@@ -230,7 +231,7 @@ def _credential_refusal(scope: dict[str, Any], user: AbstractBaseUser) -> str | 
 def _session_refusal(session: Any, user: AbstractBaseUser) -> str | None:
     # A fresh read of the session from its store: a logout deleted it, an expiry ended it.
     key = session.session_key
-    stored = _session_store()(session_key=key).load() if key else {}
+    stored = session_store()(session_key=key).load() if key else {}
     if str(stored.get(SESSION_KEY)) != str(user.pk):
         return ErrorText.SESSION_ENDED
     if not constant_time_compare(
