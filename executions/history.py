@@ -138,8 +138,23 @@ def record(results: Sequence[Publishable]) -> list[StoredEvent]:
                         created_at,
                     )
                 )
-            cursor.executemany(_insert_events_sql(), rows)
+            _insert_events(cursor, rows)
     return [stored[index] for index in range(len(results))]
+
+
+# From this many rows a PostgreSQL insert streams them with COPY: no statement formatted and
+# parsed per row (a third of the insert's client time in batched ingest). Fewer go through
+# executemany, which SQLite needs anyway.
+COPY_FROM_ROWS = 8
+
+
+def _insert_events(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+    if len(rows) >= COPY_FROM_ROWS and connection.vendor == "postgresql":
+        with cursor.cursor.copy(_copy_events_sql()) as copy:
+            for row in rows:
+                copy.write_row(row)
+    else:
+        cursor.executemany(_insert_events_sql(), rows)
 
 
 def _positions_by_graph(results: Sequence[Publishable]) -> list[tuple[str, list[int]]]:
@@ -192,6 +207,12 @@ def _insert_events_sql() -> str:
     columns = ", ".join(_quoted_column(ExecutionEvent, name) for name in _EVENT_COLUMNS)
     placeholders = ", ".join(["%s"] * len(_EVENT_COLUMNS))
     return f"INSERT INTO {_quoted_table(ExecutionEvent)} ({columns}) VALUES ({placeholders})"
+
+
+@cache
+def _copy_events_sql() -> str:
+    columns = ", ".join(_quoted_column(ExecutionEvent, name) for name in _EVENT_COLUMNS)
+    return f"COPY {_quoted_table(ExecutionEvent)} ({columns}) FROM STDIN"
 
 
 def _quoted_table(model: type[Model]) -> str:

@@ -17,7 +17,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 
-from executions import metrics, writers
+from executions import history, metrics, writers
 from executions.events import send_execution_results, send_execution_results_sync
 from executions.exceptions import BatchNotStored
 from executions.models import ExecutionEvent, GraphStream
@@ -156,6 +156,22 @@ async def test_a_refused_batch_fails_every_publisher_in_it_and_stores_nothing_of
     heads = await sync_to_async(lambda: dict(GraphStream.objects.values_list("graph_id", "head")))()
     assert heads == {"big": MAX_BATCH_EVENTS}
     # Nothing half-stored: the next publish of "a" is its first.
+    assert await send_execution_results([make_result("a")]) == [1]
+
+
+async def test_a_refused_large_batch_stores_nothing_of_any_graph(poisoned_graph: str) -> None:
+    # Large enough for PostgreSQL's COPY path: the refusal still undoes the whole transaction.
+    many = history.COPY_FROM_ROWS
+    results = [
+        make_result(graph_id, node_exec_id=str(n))
+        for n in range(many)
+        for graph_id in ("a", poisoned_graph)
+    ]
+
+    with pytest.raises(BatchNotStored, match="poisoned event refused"):
+        await send_execution_results(results)
+
+    assert await sync_to_async(stored_numbers)("a") == []
     assert await send_execution_results([make_result("a")]) == [1]
 
 

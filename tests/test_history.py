@@ -50,6 +50,39 @@ def test_the_stored_frame_is_the_frame_subscribers_received(alice: Any) -> None:
     assert stored.frame == execution_event_frame(result)
 
 
+def stored_rows(graph_id: str) -> list[tuple[Any, ...]]:
+    columns = ("seq", "graph_exec_id", "node_id", "status", "kind", "user_id", "frame")
+    return list(
+        ExecutionEvent.objects.filter(graph_id=graph_id).order_by("seq").values_list(*columns)
+    )
+
+
+def test_a_large_batch_stores_the_same_rows_as_a_small_one(alice: Any, monkeypatch: Any) -> None:
+    # On PostgreSQL a batch of COPY_FROM_ROWS or more is streamed with COPY, fewer inserted
+    # row by row: both must store the same thing (on SQLite both go row by row). The ids hold
+    # what COPY's text format escapes: tab, newline, backslash.
+    count = history.COPY_FROM_ROWS
+
+    results = [
+        make_result(node_exec_id=f"n{n}", node_id=f"node-é\t\n\\N-{n}") for n in range(count)
+    ]
+
+    def batch(graph_id: str) -> list[Any]:
+        return [result.model_copy(update={"graph_id": graph_id}) for result in results]
+
+    send_execution_results_sync(batch("streamed"))
+    monkeypatch.setattr(history, "COPY_FROM_ROWS", count + 1)
+    send_execution_results_sync(batch("row-by-row"))
+
+    streamed, row_by_row = stored_rows("streamed"), stored_rows("row-by-row")
+    assert len(streamed) == count
+    assert streamed[0][2] == "node-é\t\n\\N-0"
+    assert [row[:-1] for row in streamed] == [row[:-1] for row in row_by_row]
+    assert [row[-1].replace('"streamed"', '"row-by-row"') for row in streamed] == [
+        row[-1] for row in row_by_row
+    ]
+
+
 @pytest.fixture
 def browser(alice: Any) -> Client:
     client = Client()
