@@ -7,6 +7,7 @@ subscribers only after that transaction commits, never for one that rolls back.
 """
 
 import asyncio
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -60,11 +61,12 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
     """
     layer = get_channel_layer()
     messages = [(graph_group_name(event.graph_id), layer_event(event)) for event in events]
-    for handed, (_, message) in enumerate(messages, start=1):
-        hand_out_in_process(layer, message)
-        if handed % YIELD_EVERY == 0:
-            # Handing out never waits: let the connections send and read now and then.
-            await asyncio.sleep(0)
+    async with _hand_out_turn():
+        for handed, (_, message) in enumerate(messages, start=1):
+            hand_out_in_process(layer, message)
+            if handed % YIELD_EVERY == 0:
+                # Handing out never waits: let the connections send and read now and then.
+                await asyncio.sleep(0)
     for sent, (group, message) in enumerate(messages):
         if not reached_every_member(layer, group):
             try:
@@ -73,6 +75,22 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
                 metrics.LAYER_FAILURES.labels("group_send").inc()
                 raise PublishNotDelivered(events[sent:]) from exc
         metrics.EVENTS_PUBLISHED.inc()
+
+
+# One hand-out at a time per event loop. The publishers of a batch resume in the order it
+# numbered them; one that yields midway must not let the next one's events pass its own, which
+# a subscriber would see as a gap and read again from the history.
+_hand_out_turns: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _hand_out_turn() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    turn = _hand_out_turns.get(loop)
+    if turn is None:
+        turn = _hand_out_turns[loop] = asyncio.Lock()
+    return turn
 
 
 def _in_transaction() -> bool:

@@ -17,12 +17,13 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 
-from executions import history, metrics, writers
+from executions import catchup, history, metrics, writers
 from executions.events import send_execution_results, send_execution_results_sync
 from executions.exceptions import BatchNotStored
+from executions.fanout import YIELD_EVERY
 from executions.models import ExecutionEvent, GraphStream
 from executions.writers import MAX_BATCH_EVENTS
-from tests.conftest import make_result
+from tests.conftest import make_result, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,6 +103,37 @@ async def test_fifty_concurrent_publishers_share_a_few_transactions_and_numbers_
             for n, seq in enumerate(seqs)
         }
         assert ids == [by_seq[seq] for seq in range(1, 76)]
+
+
+async def test_publishers_of_one_batch_reach_a_subscriber_in_number_order_from_the_live_stream(
+    connect: Any, alice_token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches larger than a hand-out's turn: each publisher yields to the loop midway.
+    history_reads: list[tuple[int, int]] = []
+    read_from_history = catchup.missing_before
+
+    async def counted(graph_id: str, delivered: int, seq: int) -> list[Any]:
+        if seq > delivered + 1:  # a gap: what lies between is read from the history
+            history_reads.append((delivered, seq))
+        return await read_from_history(graph_id, delivered, seq)
+
+    monkeypatch.setattr(catchup, "missing_before", counted)
+    communicator = await connect(alice_token)
+    assert (await subscribe(communicator, "test_graph"))["success"] is True
+    size, publishers = 3 * YIELD_EVERY, 6
+
+    async def publish(index: int) -> list[int]:
+        own = [make_result(node_exec_id=f"{index}-{n}") for n in range(size)]
+        return await send_execution_results(own)
+
+    await asyncio.gather(*(publish(index) for index in range(publishers)))
+
+    received = [
+        (await communicator.receive_json_from(timeout=5))["data"]["node_exec_id"]
+        for _ in range(size * publishers)
+    ]
+    assert received == await sync_to_async(node_exec_ids)("test_graph")
+    assert history_reads == []
 
 
 async def test_publishers_in_many_threads_get_dense_numbers_in_their_own_order() -> None:
