@@ -73,16 +73,27 @@ $(BIN)/.bench-installed: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench,postgres]"
 	@touch $@
 
-# BENCH_ARGS go to bench/run.py, e.g. BENCH_ARGS="--scenarios f --database postgres".
+# Everything, about 10 minutes here: the scenarios against the baselines (bench/run.py, about 4
+# minutes; BENCH_ARGS go to it, e.g. BENCH_ARGS="--scenarios f"), batched ingest stored and
+# delivered on PostgreSQL (POSTGRES_BENCH_URL, skipped when it does not answer), ten thousand
+# sockets (about 3 minutes) and scale-out over Redis (about 2).
+POSTGRES_BENCH_URL ?= $(or $(BENCH_POSTGRES_URL),postgres://postgres@127.0.0.1:5432/postgres)
+
 bench: $(BIN)/.bench-installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	@if $(BIN)/python -c 'import psycopg, sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()' \
+		"$(POSTGRES_BENCH_URL)" >/dev/null 2>&1; then \
+		BENCH_POSTGRES_URL="$(POSTGRES_BENCH_URL)" $(BIN)/python bench/run.py \
+			--servers fastapi,daphne,uvicorn --scenarios ingest-delivered --database postgres; \
+	else echo "PostgreSQL does not answer at $(POSTGRES_BENCH_URL): its ingest run is skipped."; fi
+	$(BIN)/python bench/sockets.py
+	$(BIN)/python bench/scale_out.py
 
 bench-layers: install
 	$(BIN)/python bench/layer_choice.py
 
-# Apart from `make bench`: their full sizes (10,000 connections per row; 4,000 connections on
-# 1, 2 and 4 processes) have not been timed alongside its ~4 minutes. BENCH_ARGS=--smoke runs
-# the same code scaled down (300 connections, 20 events).
+# Each part of `make bench` alone; BENCH_ARGS=--smoke runs the same code scaled down (300
+# connections, 20 events).
 bench-sockets: $(BIN)/.bench-installed
 	$(BIN)/python bench/sockets.py $(BENCH_ARGS)
 

@@ -48,7 +48,7 @@ and its figure's ratio against the FastAPI baseline of the same run.
 
 Writes bench/results/<timestamp>.jsonl (``-postgres`` suffixed on PostgreSQL, ``-quick`` for
 ``--quick``), a Markdown table to stdout and bench/results/latest.md, and
-bench/results/latest.png. Run from anywhere:
+bench/results/latest.png (``latest-postgres`` on PostgreSQL). Run from anywhere:
 
     .venv/bin/python bench/run.py                  # full sizes, under 10 minutes on 2 cores
     .venv/bin/python bench/run.py --quick          # scaled-down smoke run
@@ -1706,8 +1706,9 @@ def main(argv: list[str] | None = None) -> int:
     table += f"\nWhole run: {meta['run_seconds']} s.\n"
     if skipped:
         table += "".join(f"\n- {note}" for note in skipped) + "\n"
-    (args.results / "latest.md").write_text(table)
-    plot(rows, args.results / "latest.png", "quick" if args.quick else "full")
+    latest = "latest-postgres" if args.database == "postgres" else "latest"
+    (args.results / f"{latest}.md").write_text(table)
+    plot(rows, args.results / f"{latest}.png", "quick" if args.quick else "full")
     print(table)
     return 0
 
