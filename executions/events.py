@@ -8,7 +8,7 @@ subscribers only after that transaction commits, never for one that rolls back.
 
 import asyncio
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -20,8 +20,10 @@ from django.db import transaction
 from executions import history, metrics
 from executions.exceptions import PublishNotDelivered
 from executions.fanout import (
+    LAYER_BATCH_EVENTS,
     YIELD_EVERY,
     hand_out_in_process,
+    layer_batch,
     layer_event,
     reached_every_member,
 )
@@ -52,7 +54,8 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
     """Send stored events to their graphs' subscribers, in order.
 
     First every event goes straight to this process's own subscribers; then, in order, through
-    the layer to every process's (this one's fan-out drops the copies it already handed out).
+    the layer to every process's (this one's fan-out drops the copies it already handed out),
+    consecutive events of one graph in one layer message.
     On the in-memory layer, through the layer only when someone else has joined the group.
 
     Raises PublishNotDelivered when the channel layer fails: the events from the one that
@@ -67,14 +70,32 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
             if handed % YIELD_EVERY == 0:
                 # Handing out never waits: let the connections send and read now and then.
                 await asyncio.sleep(0)
-    for sent, (group, message) in enumerate(messages):
+    for start, end in _runs_of_one_group(messages):
+        group = messages[start][0]
         if not reached_every_member(layer, group):
+            run = [message for _, message in messages[start:end]]
             try:
-                await layer.group_send(group, message)
+                await layer.group_send(group, run[0] if len(run) == 1 else layer_batch(run))
             except Exception as exc:
                 metrics.LAYER_FAILURES.labels("group_send").inc()
-                raise PublishNotDelivered(events[sent:]) from exc
-        metrics.EVENTS_PUBLISHED.inc()
+                raise PublishNotDelivered(events[start:]) from exc
+        metrics.EVENTS_PUBLISHED.inc(end - start)
+
+
+def _runs_of_one_group(messages: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[int, int]]:
+    """(start, end) of each run of consecutive messages to one group, LAYER_BATCH_EVENTS at
+    most: each goes through the layer as one message."""
+    start = 0
+    while start < len(messages):
+        end = start + 1
+        while (
+            end < len(messages)
+            and end - start < LAYER_BATCH_EVENTS
+            and messages[end][0] == messages[start][0]
+        ):
+            end += 1
+        yield start, end
+        start = end
 
 
 # One hand-out at a time per event loop. The publishers of a batch resume in the order it

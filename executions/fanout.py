@@ -28,7 +28,7 @@ from executions import conf, history, membership, metrics
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
 from executions.revocation import REVOCATIONS_GROUP, REVOKE_EVENT, Credential, applies_to
-from executions.schemas import EXECUTION_RESULT_EVENT
+from executions.schemas import EXECUTION_RESULT_EVENT, EXECUTION_RESULTS_EVENT
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +36,19 @@ logger = logging.getLogger(__name__)
 RECEIVE_RETRY_SECONDS = 1.0
 # Events handed out in a row before the connections get a turn to send them.
 YIELD_EVERY = 64
+# The most events of one graph one channel-layer message carries: a batch published together
+# costs a broker round trip per this many events, not one per event.
+LAYER_BATCH_EVENTS = 100
 
 
 def layer_event(event: StoredEvent) -> dict[str, Any]:
     """The channel-layer message for a stored event: its frame, serialized once for all."""
     return {"type": EXECUTION_RESULT_EVENT, **event.message(), "published_at": time.time()}
+
+
+def layer_batch(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """One channel-layer message for consecutive ``layer_event``s of one graph."""
+    return {"type": EXECUTION_RESULTS_EVENT, "events": events}
 
 
 class Receiver(Protocol):
@@ -169,6 +177,9 @@ class LocalFanout:
             kind = event.get("type")
             if kind == EXECUTION_RESULT_EVENT:
                 self.hand_out(event)
+            elif kind == EXECUTION_RESULTS_EVENT:
+                for each in event["events"]:
+                    self.hand_out(each)
             elif kind == REVOKE_EVENT:
                 self.revoke(event)
             handed_out += 1

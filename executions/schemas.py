@@ -41,6 +41,8 @@ GraphId = Annotated[
 
 # The channel-layer event that carries a ready-made frame to every subscriber.
 EXECUTION_RESULT_EVENT = "execution.result"
+# Consecutive events of one graph in one channel-layer message, under "events", in order.
+EXECUTION_RESULTS_EVENT = "execution.results"
 
 
 class ExecutionStatus(StrEnum):

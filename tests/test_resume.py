@@ -160,6 +160,62 @@ async def test_a_gap_in_the_live_stream_is_filled_from_history(
     assert await client.receive_nothing(timeout=0.2)
 
 
+async def test_a_graphs_events_in_one_layer_message_reach_the_subscriber_in_order(
+    connect: Any, alice_token: str, channel_layer: Any, settings: Any
+) -> None:
+    """What another process sends: consecutive events of a graph as one layer message."""
+    from executions.fanout import layer_batch, layer_event
+    from executions.groups import graph_group_name
+
+    settings.EXECUTIONS_SWEEP_SECONDS = 60  # brought by the message, not found by a sweep
+    client = await connect(token=alice_token)
+    await subscribe_with(client, since=0)
+    stored = await sync_to_async(history.record)([numbered(str(n)) for n in range(5)])
+
+    batch = layer_batch([layer_event(event) for event in stored])
+    await channel_layer.group_send(graph_group_name("test_graph"), batch)
+
+    events = await receive_events(client, 5)
+    assert [(event["seq"], event["data"]["node_exec_id"]) for event in events] == [
+        (seq, str(seq - 1)) for seq in range(1, 6)
+    ]
+    assert await client.receive_nothing(timeout=0.2)
+
+
+@pytest.mark.parametrize("layer_kind", ["redis-pubsub"])
+async def test_a_graphs_consecutive_events_share_layer_messages(
+    alice: Any, channel_layer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from executions.fanout import LAYER_BATCH_EVENTS
+    from executions.groups import graph_group_name
+
+    sent: list[tuple[str, list[str]]] = []
+    group_send = channel_layer.group_send
+
+    async def recorded(group: str, message: dict[str, Any]) -> None:
+        events = message.get("events", [message])
+        sent.append(
+            (group, [json.loads(event["frame"])["data"]["node_exec_id"] for event in events])
+        )
+        await group_send(group, message)
+
+    monkeypatch.setattr(channel_layer, "group_send", recorded)
+    many = 2 * LAYER_BATCH_EVENTS + 50
+    results = [numbered(str(n)) for n in range(many)]
+    results += [numbered("other", graph_id="graph-2"), numbered("last")]
+
+    await send_execution_results(results)
+
+    ours, other = graph_group_name("test_graph"), graph_group_name("graph-2")
+    assert sent == [
+        (ours, [str(n) for n in range(LAYER_BATCH_EVENTS)]),
+        (ours, [str(n) for n in range(LAYER_BATCH_EVENTS, 2 * LAYER_BATCH_EVENTS)]),
+        (ours, [str(n) for n in range(2 * LAYER_BATCH_EVENTS, many)]),
+        (other, ["other"]),
+        (ours, ["last"]),
+    ]
+
+
 async def test_a_position_beyond_retention_is_reported_as_truncated(
     connect: Any, alice_token: str
 ) -> None:
