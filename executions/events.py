@@ -7,7 +7,6 @@ subscribers only after that transaction commits, never for one that rolls back.
 """
 
 import asyncio
-import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -29,6 +28,7 @@ from executions.fanout import (
 )
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
+from executions.loops import PerLoop
 from executions.schemas import (
     PUBLISHABLE,
     PUBLISHABLE_ADAPTER,
@@ -64,7 +64,7 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
     """
     layer = get_channel_layer()
     messages = [(graph_group_name(event.graph_id), layer_event(event)) for event in events]
-    async with _hand_out_turn():
+    async with _hand_out_turns.get():
         for handed, (_, message) in enumerate(messages, start=1):
             hand_out_in_process(layer, message)
             if handed % YIELD_EVERY == 0:
@@ -101,17 +101,7 @@ def _runs_of_one_group(messages: list[tuple[str, dict[str, Any]]]) -> Iterator[t
 # One hand-out at a time per event loop. The publishers of a batch resume in the order it
 # numbered them; one that yields midway must not let the next one's events pass its own, which
 # a subscriber would see as a gap and read again from the history.
-_hand_out_turns: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _hand_out_turn() -> asyncio.Lock:
-    loop = asyncio.get_running_loop()
-    turn = _hand_out_turns.get(loop)
-    if turn is None:
-        turn = _hand_out_turns[loop] = asyncio.Lock()
-    return turn
+_hand_out_turns = PerLoop(asyncio.Lock)
 
 
 def _in_transaction() -> bool:

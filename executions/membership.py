@@ -6,32 +6,21 @@ so every group_add / group_discard of this process waits its turn here.
 """
 
 import asyncio
-import weakref
 from typing import Any
 
 from executions import conf
+from executions.loops import PerLoop
 
-_gates: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _gate() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    gate = _gates.get(loop)
-    if gate is None:
-        gate = asyncio.Semaphore(conf.get("EXECUTIONS_MEMBERSHIP_CONCURRENCY"))
-        _gates[loop] = gate
-    return gate
+_gates = PerLoop(lambda: asyncio.Semaphore(conf.get("EXECUTIONS_MEMBERSHIP_CONCURRENCY")))
 
 
 async def join(layer: Any, group: str, channel_name: str) -> None:
-    async with _gate():
+    async with _gates.get():
         await layer.group_add(group, channel_name)
 
 
 async def leave(layer: Any, group: str, channel_name: str) -> None:
-    async with _gate():
+    async with _gates.get():
         await layer.group_discard(group, channel_name)
 
 
