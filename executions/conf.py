@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "EXECUTIONS_SSE_HEARTBEAT_SECONDS": 15.0,
     # How often each process checks the history for events the channel layer lost.
     "EXECUTIONS_SWEEP_SECONDS": 2.0,
+    # Consecutive events of one graph sent as one channel-layer message ("execution.results"),
+    # at most this many; 1: one "execution.result" per event, as processes before it expect.
+    "EXECUTIONS_LAYER_BATCH_EVENTS": 100,
     # Retention: the last N events of each graph, and none older than D days (None: no limit).
     "EXECUTIONS_HISTORY_MAX_EVENTS": 10_000,
     "EXECUTIONS_HISTORY_MAX_AGE_DAYS": 30,

@@ -16,10 +16,10 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from executions import history, metrics
+from executions import conf, history, metrics
 from executions.exceptions import PublishNotDelivered
 from executions.fanout import (
-    LAYER_BATCH_EVENTS,
+    LAYER_BATCH_BYTES,
     YIELD_EVERY,
     hand_out_in_process,
     layer_batch,
@@ -83,16 +83,18 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
 
 
 def _runs_of_one_group(messages: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[int, int]]:
-    """(start, end) of each run of consecutive messages to one group, LAYER_BATCH_EVENTS at
-    most: each goes through the layer as one message."""
+    """(start, end) of each run of consecutive messages to one group, within
+    EXECUTIONS_LAYER_BATCH_EVENTS events and LAYER_BATCH_BYTES of frames: each goes through the
+    layer as one message."""
+    most = max(1, int(conf.get("EXECUTIONS_LAYER_BATCH_EVENTS")))
     start = 0
     while start < len(messages):
+        group, size = messages[start][0], len(messages[start][1]["frame"])
         end = start + 1
-        while (
-            end < len(messages)
-            and end - start < LAYER_BATCH_EVENTS
-            and messages[end][0] == messages[start][0]
-        ):
+        while end < len(messages) and end - start < most and messages[end][0] == group:
+            size += len(messages[end][1]["frame"])
+            if size > LAYER_BATCH_BYTES:
+                break
             end += 1
         yield start, end
         start = end

@@ -36,9 +36,9 @@ logger = logging.getLogger(__name__)
 RECEIVE_RETRY_SECONDS = 1.0
 # Events handed out in a row before the connections get a turn to send them.
 YIELD_EVERY = 64
-# The most events of one graph one channel-layer message carries: a batch published together
-# costs a broker round trip per this many events, not one per event.
-LAYER_BATCH_EVENTS = 100
+# The most frame bytes one channel-layer message of several events carries (far below Redis's
+# pub/sub output buffer limits); its count is EXECUTIONS_LAYER_BATCH_EVENTS.
+LAYER_BATCH_BYTES = 256 * 1024
 
 
 def layer_event(event: StoredEvent) -> dict[str, Any]:
@@ -177,13 +177,16 @@ class LocalFanout:
             kind = event.get("type")
             if kind == EXECUTION_RESULT_EVENT:
                 self.hand_out(event)
+                handed_out += 1
             elif kind == EXECUTION_RESULTS_EVENT:
                 for each in event["events"]:
                     self.hand_out(each)
+                handed_out += len(event["events"])
             elif kind == REVOKE_EVENT:
                 self.revoke(event)
-            handed_out += 1
-            if handed_out % YIELD_EVERY == 0:
+                handed_out += 1
+            if handed_out >= YIELD_EVERY:
+                handed_out = 0
                 # A receive that finds a message ready does not yield: let the connections
                 # send now and then, so a long burst does not pile up in their backlogs.
                 await asyncio.sleep(0)

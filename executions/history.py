@@ -149,12 +149,22 @@ COPY_FROM_ROWS = 8
 
 
 def _insert_events(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
-    if len(rows) >= COPY_FROM_ROWS and connection.vendor == "postgresql":
-        with cursor.cursor.copy(_copy_events_sql()) as copy:
+    if len(rows) >= COPY_FROM_ROWS and _copies_rows():
+        # Through Django's cursor (logged under DEBUG); errors as Django's, as execute's are.
+        with connection.wrap_database_errors, cursor.copy(_copy_events_sql()) as copy:
             for row in rows:
                 copy.write_row(row)
     else:
         cursor.executemany(_insert_events_sql(), rows)
+
+
+def _copies_rows() -> bool:
+    """Whether the database takes COPY through its driver: PostgreSQL with psycopg 3."""
+    if connection.vendor != "postgresql":
+        return False
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return bool(is_psycopg3)
 
 
 def _positions_by_graph(results: Sequence[Publishable]) -> list[tuple[str, list[int]]]:

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 
 class PerLoop[T]:
-    """The running loop's own T, made by `factory` on first use and gone with its loop."""
+    """The running loop's own T, made by `factory` on first use (and dropped with the loop,
+    unless the T itself holds on to it, as a lock that was waited on does)."""
 
     def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory

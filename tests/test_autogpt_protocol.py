@@ -552,6 +552,29 @@ async def test_the_ingest_endpoint_takes_results_and_both_autogpt_events_in_one_
     ]
 
 
+@pytest.mark.parametrize("escaped", [False, True])
+async def test_the_ingest_endpoint_tells_an_event_by_its_event_type_even_escaped(
+    application: Any, settings: Any, alice: Any, escaped: bool
+) -> None:
+    # A body naming no "event_type" skips the tagged union; a key spelled with a JSON escape
+    # must not pass for such a body.
+    settings.EXECUTIONS_INGEST_TOKEN = INGEST_TOKEN
+    body = node_event(str(alice.pk)).model_dump_json()
+    if escaped:
+        body = body.replace('"event_type"', '"event_typ\\u0065"')
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+        response = await http.post(
+            "/api/executions",
+            content=body,
+            headers={"Authorization": f"Bearer {INGEST_TOKEN}"},
+        )
+
+    assert response.status_code == 202
+    stored = await sync_to_async(ExecutionEvent.objects.get)(graph_id="test_graph")
+    assert (stored.kind, stored.user_id) == ("node", str(alice.pk))
+
+
 async def test_the_ingest_endpoint_names_the_bad_field_of_an_event(
     application: Any, settings: Any
 ) -> None:

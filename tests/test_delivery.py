@@ -1,13 +1,14 @@
 """Delivery under bursts and storms: whole, in order, and nothing left behind."""
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from executions.events import send_execution_result
+from executions.events import send_execution_result, send_execution_results
 from executions.groups import graph_group_name
 from executions.tokens import mint_token
 from tests.conftest import browser_headers, make_result, subscribe
@@ -119,4 +120,45 @@ async def test_anyone_else_in_a_graphs_group_still_gets_its_events_through_the_l
         seq,
     )
     assert (await client.receive_json_from(timeout=10))["data"]["node_exec_id"] == "for-everyone"
+    await channel_layer.group_discard(graph_group_name("test_graph"), other)
+
+
+@pytest.mark.parametrize(
+    ("batch_events", "expected"),
+    [
+        (100, [("execution.results", ["a", "b", "c"])]),
+        (
+            1,
+            [("execution.result", ["a"]), ("execution.result", ["b"]), ("execution.result", ["c"])],
+        ),
+    ],
+)
+async def test_another_group_member_gets_events_published_together_as_configured(
+    alice: Any,
+    channel_layer: Any,
+    settings: Any,
+    batch_events: int,
+    expected: list[tuple[str, list[str]]],
+) -> None:
+    """Consecutive events of one graph reach other members as one "execution.results" message
+    (its "events" in order), or one "execution.result" each with EXECUTIONS_LAYER_BATCH_EVENTS
+    = 1, which processes that know only single events need during a rolling upgrade."""
+    settings.EXECUTIONS_LAYER_BATCH_EVENTS = batch_events
+    other = await channel_layer.new_channel()
+    await channel_layer.group_add(graph_group_name("test_graph"), other)
+
+    await send_execution_results([make_result(node_exec_id=node) for node in "abc"])
+
+    received = []
+    while sum(len(nodes) for _, nodes in received) < 3:
+        message = await asyncio.wait_for(channel_layer.receive(other), timeout=10)
+        events = message.get("events", [message])
+        received.append(
+            (
+                message["type"],
+                [json.loads(event["frame"])["data"]["node_exec_id"] for event in events],
+            )
+        )
+    assert received == expected
+    assert all(event["type"] == "execution.result" for event in message.get("events", []))
     await channel_layer.group_discard(graph_group_name("test_graph"), other)

@@ -5,7 +5,7 @@ a WsMessage; these properties hold it to the model's bytes for any result and an
 including non-ASCII text, control characters, quotes and backslashes.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import given
@@ -34,8 +34,15 @@ _json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
     max_leaves=8,
 )
+# Aware in UTC, at another offset, or naive: each is written as given.
 _times = st.datetimes(
-    min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    min_value=datetime(1970, 1, 1),
+    max_value=datetime(2100, 1, 1),
+    timezones=st.none()
+    | st.just(UTC)
+    | st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+        lambda minutes: timezone(timedelta(minutes=minutes))
+    ),
 )
 
 

@@ -14,6 +14,7 @@ from executions.events import (
     send_execution_result_sync,
     send_execution_results,
 )
+from executions.groups import graph_group_name
 from executions.models import ExecutionEvent
 from executions.schemas import ExecutionStatus, execution_event_frame
 from tests.conftest import make_result, subscribe
@@ -186,34 +187,64 @@ async def test_a_graphs_events_in_one_layer_message_reach_the_subscriber_in_orde
 async def test_a_graphs_consecutive_events_share_layer_messages(
     alice: Any, channel_layer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from executions.fanout import LAYER_BATCH_EVENTS
-    from executions.groups import graph_group_name
-
-    sent: list[tuple[str, list[str]]] = []
-    group_send = channel_layer.group_send
-
-    async def recorded(group: str, message: dict[str, Any]) -> None:
-        events = message.get("events", [message])
-        sent.append(
-            (group, [json.loads(event["frame"])["data"]["node_exec_id"] for event in events])
-        )
-        await group_send(group, message)
-
-    monkeypatch.setattr(channel_layer, "group_send", recorded)
-    many = 2 * LAYER_BATCH_EVENTS + 50
+    sent = record_layer_messages(channel_layer, monkeypatch)
+    most = 100  # EXECUTIONS_LAYER_BATCH_EVENTS's default
+    many = 2 * most + 50
     results = [numbered(str(n)) for n in range(many)]
     results += [numbered("other", graph_id="graph-2"), numbered("last")]
 
     await send_execution_results(results)
 
     ours, other = graph_group_name("test_graph"), graph_group_name("graph-2")
-    assert sent == [
-        (ours, [str(n) for n in range(LAYER_BATCH_EVENTS)]),
-        (ours, [str(n) for n in range(LAYER_BATCH_EVENTS, 2 * LAYER_BATCH_EVENTS)]),
-        (ours, [str(n) for n in range(2 * LAYER_BATCH_EVENTS, many)]),
+    assert [(group, [node for node, _ in events]) for group, events in sent] == [
+        (ours, [str(n) for n in range(most)]),
+        (ours, [str(n) for n in range(most, 2 * most)]),
+        (ours, [str(n) for n in range(2 * most, many)]),
         (other, ["other"]),
         (ours, ["last"]),
     ]
+
+
+@pytest.mark.parametrize("layer_kind", ["redis-pubsub"])
+async def test_a_layer_message_of_several_events_stays_within_its_byte_limit(
+    alice: Any, channel_layer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from executions import events
+
+    limit = 4 * len(execution_event_frame(numbered("10"))) - 1  # frames "10".."29": one size
+    monkeypatch.setattr(events, "LAYER_BATCH_BYTES", limit)
+    sent = record_layer_messages(channel_layer, monkeypatch)
+
+    await send_execution_results([numbered(str(n)) for n in range(10, 30)])
+
+    batches = [events for _, events in sent]
+    assert [node for batch in batches for node, _ in batch] == [str(n) for n in range(10, 30)]
+    assert all(sum(size for _, size in batch) <= limit for batch in batches)
+    assert max(len(batch) for batch in batches) == 3
+
+
+def record_layer_messages(
+    layer: Any, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Every group_send of the layer: its group and each event's node_exec_id and frame size."""
+    sent: list[tuple[str, list[tuple[str, int]]]] = []
+    group_send = layer.group_send
+
+    async def recorded(group: str, message: dict[str, Any]) -> None:
+        events = message.get("events", [message])
+        sent.append(
+            (
+                group,
+                [
+                    (json.loads(event["frame"])["data"]["node_exec_id"], len(event["frame"]))
+                    for event in events
+                ],
+            )
+        )
+        await group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", recorded)
+    return sent
 
 
 async def test_a_position_beyond_retention_is_reported_as_truncated(
