@@ -8,6 +8,7 @@ subscribers only after that transaction commits, never for one that rolls back.
 
 import asyncio
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -158,9 +159,10 @@ async def send_execution_results(
     ):
         stored = await database_sync_to_async(_store_in_transaction)(validated)
         return [event.seq for event in stored]
-    # Once handed to the writer a publish completes, even if its caller is cancelled meanwhile
-    # (an ingest client hanging up): what gets stored is also sent.
-    task = asyncio.ensure_future(_store_and_send(validated))
+    # Handed to the writer now, ahead of the task that waits for it (one loop turn sooner).
+    # Once there a publish completes, even if its caller is cancelled meanwhile (an ingest
+    # client hanging up): what gets stored is also sent.
+    task = asyncio.ensure_future(_send_once_stored(writers.submit(validated)))
     _completing.add(task)
     task.add_done_callback(_completing.discard)
     stored = await asyncio.shield(task)
@@ -171,8 +173,8 @@ async def send_execution_results(
 _completing: set["asyncio.Future[list[StoredEvent]]"] = set()
 
 
-async def _store_and_send(validated: list[Publishable]) -> list[StoredEvent]:
-    stored: list[StoredEvent] = await writers.run(validated)
+async def _send_once_stored(storing: "Future[list[StoredEvent]]") -> list[StoredEvent]:
+    stored = await asyncio.wrap_future(storing)
     await broadcast(stored)
     return stored
 

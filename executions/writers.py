@@ -22,7 +22,6 @@ commit takes milliseconds instead of a tenth of one). The writer checkpoints aft
 batch back, every ``SQLITE_CHECKPOINT_EVERY`` events, so the log rarely reaches that size.
 """
 
-import asyncio
 import contextlib
 import logging
 import queue
@@ -83,14 +82,15 @@ class Writers:
         self._writer: _Writer | None = None
         self._changing = threading.Lock()
 
-    async def run(self, items: list[Any]) -> list[Any]:
-        """Store ``items`` with whatever else is waiting, in one transaction; return what the
-        store returned for them. Raises BatchNotStored when the batch failed."""
-        return await asyncio.wrap_future(self._submit(items).done)
+    def submit(self, items: list[Any]) -> "Future[list[Any]]":
+        """Hand ``items`` to the writer, which stores them with whatever else is waiting in one
+        transaction; the future gets what the store returned for them, or BatchNotStored when
+        the batch failed. The writer may start before the caller next yields."""
+        return self._submit(items).done
 
     def run_sync(self, items: list[Any]) -> list[Any]:
         """The same, for a thread outside any transaction (blocks until its batch commits)."""
-        return self._submit(items).done.result(SYNC_WAIT_SECONDS)
+        return self.submit(items).result(SYNC_WAIT_SECONDS)
 
     def close(self) -> None:
         """Stop the writer thread once it has stored what it holds, and close its connection.
@@ -271,4 +271,4 @@ def _checkpoint_sqlite() -> None:
         _drop_stale_connection()
 
 
-writers = Writers(history.record)
+writers = Writers(history.record_alone)

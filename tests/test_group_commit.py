@@ -315,3 +315,52 @@ async def test_publishes_racing_a_close_of_the_writer_all_complete() -> None:
         numbers = await asyncio.to_thread(publish_and_close)
 
     assert sorted(numbers) == list(range(1, 41))
+
+
+async def test_the_writer_stores_the_same_rows_as_a_callers_own_transaction() -> None:
+    # The writer goes straight through the driver (history.record_alone); a caller's transaction
+    # through Django's cursor (history.record). Same numbers, same rows.
+    results = [make_result(node_exec_id=f"n{n}") for n in range(3)]
+
+    def in_a_transaction() -> list[int]:
+        with transaction.atomic():
+            return send_execution_results_sync(
+                [result.model_copy(update={"graph_id": "caller"}) for result in results]
+            )
+
+    by_caller = await sync_to_async(in_a_transaction)()
+    by_writer = await send_execution_results(
+        [result.model_copy(update={"graph_id": "writer"}) for result in results]
+    )
+
+    assert by_caller == by_writer == [1, 2, 3]
+    caller = await sync_to_async(stored_numbers)("caller")
+    writer = await sync_to_async(stored_numbers)("writer")
+    assert [(seq, frame.replace('"caller"', '"writer"')) for seq, frame in caller] == writer
+
+
+async def test_a_writer_connection_that_died_is_replaced_before_its_next_batch() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("a server-side disconnect is PostgreSQL's")
+    backends: list[int] = []
+
+    def store(items: list[Any]) -> list[Any]:
+        stored = history.record_alone(items)
+        backends.append(connection.connection.info.backend_pid)
+        return stored
+
+    def terminate(pid: int) -> None:  # as a database restart would
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])  # waits
+
+    writer = writers.Writers(store)
+    try:
+        assert await asyncio.to_thread(writer.run_sync, [make_result("restarted")])
+        await sync_to_async(terminate)(backends[0])
+
+        seqs = await asyncio.to_thread(writer.run_sync, [make_result("restarted")])
+    finally:
+        await asyncio.to_thread(writer.close)
+
+    assert [event.seq for event in seqs] == [2]
+    assert backends[1] != backends[0]
