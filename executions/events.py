@@ -30,6 +30,7 @@ from executions.fanout import (
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
 from executions.loops import PerLoop
+from executions.outbox import frames_sent_together
 from executions.schemas import (
     PUBLISHABLE,
     PUBLISHABLE_ADAPTER,
@@ -66,9 +67,12 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
     layer = get_channel_layer()
     messages = [(graph_group_name(event.graph_id), layer_event(event)) for event in events]
     async with _hand_out_turns.get():
-        for handed, (_, message) in enumerate(messages, start=1):
-            hand_out_in_process(layer, message)
-            if handed % YIELD_EVERY == 0:
+        for start in range(0, len(messages), YIELD_EVERY):
+            # Each subscriber gets these events' frames in one write.
+            with frames_sent_together():
+                for _, message in messages[start : start + YIELD_EVERY]:
+                    hand_out_in_process(layer, message)
+            if start + YIELD_EVERY < len(messages):
                 # Handing out never waits: let the connections send and read now and then.
                 await asyncio.sleep(0)
     for start, end in _runs_of_one_group(messages):

@@ -27,6 +27,7 @@ from channels.layers import InMemoryChannelLayer
 from executions import conf, history, membership, metrics
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
+from executions.outbox import frames_sent_together
 from executions.revocation import REVOCATIONS_GROUP, REVOKE_EVENT, Credential, applies_to
 from executions.schemas import EXECUTION_RESULT_EVENT, EXECUTION_RESULTS_EVENT
 
@@ -179,8 +180,9 @@ class LocalFanout:
                 self.hand_out(event)
                 handed_out += 1
             elif kind == EXECUTION_RESULTS_EVENT:
-                for each in event["events"]:
-                    self.hand_out(each)
+                with frames_sent_together():
+                    for each in event["events"]:
+                        self.hand_out(each)
                 handed_out += len(event["events"])
             elif kind == REVOKE_EVENT:
                 self.revoke(event)

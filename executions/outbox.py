@@ -8,11 +8,17 @@ the socket, and how the socket's pressure is seen, is the server adapter's part
 """
 
 import asyncio
+import contextlib
 import functools
+import logging
+import threading
 from collections import deque
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from executions.protocol import CACHED_FRAME_LIMIT, CACHED_FRAMES
+
+logger = logging.getLogger(__name__)
 
 
 class Backlog:
@@ -85,3 +91,59 @@ def text_frame(payload: bytes) -> bytes:
     if length < 1 << 16:
         return bytes((0x81, 126)) + length.to_bytes(2, "big") + payload
     return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
+
+
+class FrameWriter(Protocol):
+    """A server adapter's way of putting a connection's frame bytes on its socket."""
+
+    def write_now(self, data: bytes) -> None:
+        """Write at once (or queue behind what the socket has not taken yet), in order."""
+        ...
+
+
+class _Held(threading.local):
+    # While one thread hands events out: each writer's frames, in the order they came.
+    frames: dict[FrameWriter, list[bytes]] | None = None
+
+
+_held = _Held()
+
+
+@contextlib.contextmanager
+def frames_sent_together() -> Iterator[None]:
+    """Hold what server adapters write straight to sockets while this runs, then send each
+    socket's frames as one write.
+
+    For one synchronous hand-out of several events: a subscriber then gets a batch in one send
+    instead of one per event (a system call and a wake-up of the client each). The events of
+    one socket stay in order, and it never spans an await, so nothing else writes in between
+    and no frame waits for more than the hand-out itself. Nested uses send at the outermost.
+    """
+    if _held.frames is not None:
+        yield
+        return
+    _held.frames = {}
+    try:
+        yield
+    finally:
+        held, _held.frames = _held.frames, None
+        for writer, frames in held.items():
+            try:
+                writer.write_now(frames[0] if len(frames) == 1 else b"".join(frames))
+            except Exception:
+                # One broken socket must not keep the others' frames.
+                logger.exception("writing held frames to a socket failed")
+
+
+def write_frame(writer: FrameWriter, frame: bytes) -> None:
+    """Write a frame's bytes now, or with the others of its socket at the end of the hand-out
+    (``frames_sent_together``) in progress."""
+    held = _held.frames
+    if held is None:
+        writer.write_now(frame)
+        return
+    frames = held.get(writer)
+    if frames is None:
+        held[writer] = [frame]
+    else:
+        frames.append(frame)

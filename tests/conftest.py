@@ -168,7 +168,9 @@ def result_factory() -> Callable[..., ExecutionResult]:
     return make_result
 
 
-async def subscribe(communicator: WebsocketCommunicator, graph_id: str) -> dict[str, Any]:
+async def subscribe(
+    communicator: WebsocketCommunicator, graph_id: str, reply_within: float = 5
+) -> dict[str, Any]:
     await communicator.send_json_to({"method": "subscribe", "data": {"graph_id": graph_id}})
-    reply: dict[str, Any] = await communicator.receive_json_from(timeout=5)
+    reply: dict[str, Any] = await communicator.receive_json_from(timeout=reply_within)
     return reply

@@ -1,6 +1,7 @@
 """The same application under uvicorn: the protocol, publishing, limits and restarts hold."""
 
 import asyncio
+import contextlib
 import json
 import signal
 import uuid
@@ -49,6 +50,32 @@ async def test_a_subscriber_receives_published_results_byte_for_byte(
         async with asyncio.timeout(TIMEOUT):
             frame = await client.recv()
         assert frame == execution_event_frame(ExecutionResult.model_validate(result))
+
+
+async def test_batches_reach_every_subscriber_whole_and_in_order(
+    site: Site, server: UvicornServer
+) -> None:
+    # Each batch is handed out 64 events at a time, each subscriber's frames in one write.
+    token = site.token_for("alice")
+    results = [make_result(graph_id=GRAPH, node_exec_id=f"batch-{n}") for n in range(600)]
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(connect(f"{server.ws_url}?token={token}"))
+            for _ in range(3)
+        ]
+        for client in clients:
+            await client.send(json.dumps({"method": "subscribe", "data": {"graph_id": GRAPH}}))
+            async with asyncio.timeout(TIMEOUT):
+                assert json.loads(await client.recv())["success"] is True
+
+        for start in range(0, len(results), 200):
+            body = [json.loads(result.model_dump_json()) for result in results[start : start + 200]]
+            assert await post_executions(server, body) == (202, {"accepted": 200})
+
+        async with asyncio.timeout(TIMEOUT * 2):
+            received = [[await client.recv() for _ in results] for client in clients]
+    expected = [execution_event_frame(result) for result in results]
+    assert all(frames == expected for frames in received)
 
 
 async def test_a_missing_token_is_closed_with_4001(server: UvicornServer) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from executions.asgi import body_too_large, request_body_limit
-from executions.outbox import wire_text_frame
+from executions.outbox import wire_text_frame, write_frame
 from executions.servers.base import (
     ConnectionHooks,
     ServerSettings,
@@ -422,23 +422,25 @@ class SocketFrames:
         # Compression is settled at the handshake, after this object was made: look each time.
         if protocol.state != protocol.STATE_OPEN or protocol._perMessageCompress is not None:
             return False
-        frame = wire_text_frame(text)
-        transport = self._transport
+        write_frame(self, wire_text_frame(text))
+        return True
+
+    def write_now(self, data: bytes) -> None:
+        protocol, transport = self._protocol, self._transport
         # Bytes still waiting in autobahn's queue or Twisted's buffer go first.
         if (
             protocol.send_queue
             or transport._tempDataLen
             or len(transport.dataBuffer) > transport.offset
         ):
-            transport.write(frame)
-            return True
+            transport.write(data)
+            return
         try:
-            sent = self._socket.send(frame)
+            sent = self._socket.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
             # Let Twisted meet the error on its own write and close the connection its way.
             sent = 0
-        if sent < len(frame):
-            transport.write(frame[sent:])
-        return True
+        if sent < len(data):
+            transport.write(data[sent:])

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from executions.outbox import wire_text_frame
+from executions.outbox import wire_text_frame, write_frame
 from executions.servers.base import (
     ConnectionHooks,
     ServerSettings,
@@ -141,5 +141,8 @@ class TransportFrames:
             or connection.extensions
         ):
             return False
-        protocol.transport.write(wire_text_frame(text))
+        write_frame(self, wire_text_frame(text))
         return True
+
+    def write_now(self, data: bytes) -> None:
+        self._protocol.transport.write(data)
