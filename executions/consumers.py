@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -156,49 +155,54 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         incoming.add_done_callback(self.backlog.wake)  # a client message ends a backlog wait
         return incoming
 
-    def enqueue(self, event: dict[str, Any]) -> None:
+    def enqueue(self, event: dict[str, Any]) -> int:
         """Take an event from the fan-out; never blocks, whatever the client's pace.
 
         A parked connection whose socket takes frames at once sends the event on the spot,
         without waking its task: the fan-out then sends to each local subscriber in turn, as an
         in-process connection manager would. Anything that needs the task (a gap to fill from
         the history, a full socket, events already waiting, a server without direct frames)
-        goes to the backlog, behind what is there.
+        goes to the backlog, behind what is there. Returns the frames written on the spot.
         """
         if self._closing or self._revoked is not None:
-            return
+            return 0
         parked = self._idle and not self.backlog and self._direct_frames is not None
-        if parked and self._writable() and self._written_on_the_spot(event):
-            return
+        if parked and self._writable():
+            written = self._written_on_the_spot(event)
+            if written is not None:
+                return written
         self.backlog.put(event)
+        return 0
 
-    def _written_on_the_spot(self, event: dict[str, Any]) -> bool:
-        """Write an in-order event to every subscription that wants it; False: the task must."""
+    def _written_on_the_spot(self, event: dict[str, Any]) -> int | None:
+        """Write an in-order event to every subscription that wants it; return the frames
+        written, or None: the task must."""
         following = self._following.get(event["graph_id"])
         if not following:
-            return True  # nothing here follows its graph (any more)
+            return 0  # nothing here follows its graph (any more)
         seq = event["seq"]
         subscriptions = following.values()
         if len(following) == 1:
             # The common case, and the fan-out's hot path: no generator per connection.
             (only,) = subscriptions
             if seq > only.delivered + 1:
-                return False  # a gap to fill from the history first
+                return None  # a gap to fill from the history first
         elif any(seq > subscription.delivered + 1 for subscription in subscriptions):
-            return False
+            return None
+        written = 0
         try:
             for subscription in subscriptions:
-                if seq > subscription.delivered and not self._write_directly(
-                    subscription, seq, event
-                ):
-                    return False
+                if seq > subscription.delivered:
+                    framed = self._write_directly(subscription, seq, event)
+                    if framed is None:
+                        return None
+                    written += framed
         except Exception:
             # Never let one socket stop the fan-out to the others: the task retries through
             # the server's own send, which closes the connection its way if it is broken.
             logger.exception("writing a frame straight to the socket failed")
-            return False
-        self._observe_latency(event)
-        return True
+            return None
+        return written
 
     async def connect(self) -> None:
         self._messages = TokenBucket(
@@ -262,8 +266,7 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
 
     @staticmethod
     def _observe_latency(event: dict[str, Any]) -> None:
-        if "published_at" in event:
-            metrics.PUBLISH_TO_SEND_SECONDS.observe(time.time() - event["published_at"])
+        metrics.observe_publish_to_send(event)
 
     async def subscribe(self, message: ClientMessage) -> None:
         """The original protocol: every node result of a graph."""
@@ -458,25 +461,29 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
     ) -> None:
         if self._revoked is not None:
             return  # nothing more of any graph once the authentication has ended
-        if not self._write_directly(subscription, seq, event):
+        framed = self._write_directly(subscription, seq, event)
+        if framed is None:
             text = self._text(subscription, seq, event)
             if text is not None:
                 await self._server_send({"type": "websocket.send", "text": text})
-            self._sent(subscription, seq, text is not None)
+            subscription.delivered = seq
+            framed = int(text is not None)
+        if framed:
+            metrics.FRAMES_DELIVERED.inc()
 
     def _write_directly(
         self, subscription: Subscription, seq: int, event: Mapping[str, Any]
-    ) -> bool:
-        """Write the subscription's frame of an event straight to the socket (or pass an event
-        it does not show); False when this connection cannot."""
+    ) -> int | None:
+        """Write the subscription's frame of an event straight to the socket, or pass an event
+        it does not show: 1 or 0 frames written; None when this connection cannot."""
         frames = self._direct_frames
         if frames is None:
-            return False
+            return None
         text = self._text(subscription, seq, event)
         if text is not None and not frames.send_text(text):
-            return False
-        self._sent(subscription, seq, text is not None)
-        return True
+            return None
+        subscription.delivered = seq
+        return int(text is not None)
 
     @staticmethod
     def _text(subscription: Subscription, seq: int, event: Mapping[str, Any]) -> str | None:
@@ -484,12 +491,6 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
         if frame is None:
             return None
         return numbered_frame(frame, seq) if subscription.numbered else frame
-
-    @staticmethod
-    def _sent(subscription: Subscription, seq: int, framed: bool = True) -> None:
-        subscription.delivered = seq
-        if framed:
-            metrics.FRAMES_DELIVERED.inc()
 
     def _writable(self) -> bool:
         return self._pressure is None or self._pressure.writable.is_set()

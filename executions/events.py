@@ -30,7 +30,6 @@ from executions.fanout import (
 from executions.groups import graph_group_name
 from executions.history import StoredEvent
 from executions.loops import PerLoop
-from executions.outbox import frames_sent_together
 from executions.schemas import (
     PUBLISHABLE,
     PUBLISHABLE_ADAPTER,
@@ -69,9 +68,9 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
     async with _hand_out_turns.get():
         for start in range(0, len(messages), YIELD_EVERY):
             # Each subscriber gets these events' frames in one write.
-            with frames_sent_together():
-                for _, message in messages[start : start + YIELD_EVERY]:
-                    hand_out_in_process(layer, message)
+            hand_out_in_process(
+                layer, [message for _, message in messages[start : start + YIELD_EVERY]]
+            )
             if start + YIELD_EVERY < len(messages):
                 # Handing out never waits: let the connections send and read now and then.
                 await asyncio.sleep(0)

@@ -53,8 +53,9 @@ def layer_batch(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class Receiver(Protocol):
-    def enqueue(self, event: dict[str, Any]) -> None:
-        """Take an event for later sending; must not block."""
+    def enqueue(self, event: dict[str, Any]) -> int:
+        """Take an event, for later sending or written at once; return the frames written at
+        once. Must not block."""
 
 
 class Revocable(Protocol):
@@ -180,9 +181,7 @@ class LocalFanout:
                 self.hand_out(event)
                 handed_out += 1
             elif kind == EXECUTION_RESULTS_EVENT:
-                with frames_sent_together():
-                    for each in event["events"]:
-                        self.hand_out(each)
+                self.hand_out_all(event["events"])
                 handed_out += len(event["events"])
             elif kind == REVOKE_EVENT:
                 self.revoke(event)
@@ -192,6 +191,14 @@ class LocalFanout:
                 # A receive that finds a message ready does not yield: let the connections
                 # send now and then, so a long burst does not pile up in their backlogs.
                 await asyncio.sleep(0)
+
+    def hand_out_all(self, events: list[dict[str, Any]]) -> None:
+        """hand_out each event, in order, each subscriber's frames sent together."""
+        members = self.members
+        with frames_sent_together():
+            for event in events:
+                if event["graph_id"] in members:
+                    self.hand_out(event)
 
     def hand_out(self, event: dict[str, Any]) -> None:
         """Give an event to every local subscriber of its graph, unless a later one went first.
@@ -204,8 +211,15 @@ class LocalFanout:
         if seq <= self._seen.get(graph_id, 0):
             return
         self._seen[graph_id] = seq
+        written = 0
         for receiver in tuple(self.members.get(graph_id, ())):
-            receiver.enqueue(event)
+            written += receiver.enqueue(event)
+        if written:
+            # Once per event, not per connection: at tens of thousands of frames a second the
+            # metrics' locks would cost more than the frames (the frames written at once all
+            # left at this moment; those sent later from a backlog are observed one by one).
+            metrics.FRAMES_DELIVERED.inc(written)
+            metrics.observe_publish_to_send(event)
 
     async def _sweep_forever(self, interval: float) -> None:
         """Hand out, from the history, what the layer has not brought in a whole sweep."""
@@ -254,21 +268,24 @@ _fanouts: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, LocalF
 )
 
 
-def hand_out_in_process(layer: Any, event: dict[str, Any]) -> None:
-    """Give an event published in this process to its own subscribers, without the layer.
+def hand_out_in_process(layer: Any, events: list[dict[str, Any]]) -> None:
+    """Give events published in this process to its own subscribers, in order, without the
+    layer.
 
-    The layer brings the same event a moment later (to other processes too); this process's
-    fan-out drops that copy. Fan-outs of other event loops in the process get it on their loop.
+    The layer brings the same events a moment later (to other processes too); this process's
+    fan-out drops those copies. Fan-outs of other event loops in the process get them on their
+    loop. (A list at a time: looking up the loops' fan-outs cost as much as handing one event
+    out.)
     """
     running = asyncio.get_running_loop()
     for loop, per_layer in list(_fanouts.items()):
         fanout = per_layer.get(id(layer))
-        if fanout is None or fanout.layer is not layer or event["graph_id"] not in fanout.members:
+        if fanout is None or fanout.layer is not layer or not fanout.members:
             continue
         if loop is running:
-            fanout.hand_out(event)
+            fanout.hand_out_all(events)
         elif not loop.is_closed():
-            loop.call_soon_threadsafe(fanout.hand_out, event)
+            loop.call_soon_threadsafe(fanout.hand_out_all, events)
 
 
 def reached_every_member(layer: Any, group: str) -> bool:

@@ -1,5 +1,8 @@
 """Prometheus metrics of this process, served at /metrics."""
 
+import time
+from typing import Any
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
@@ -55,9 +58,17 @@ BATCH_EVENTS = Histogram(
 )
 PUBLISH_TO_SEND_SECONDS = Histogram(
     "executions_publish_to_send_seconds",
-    "Time from a result's publication to its frame being handed to a connection.",
+    "Time from a result's publication to its frames being handed to connections: once per "
+    "event for those that take it at once, once per frame for those that send it later.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+
+
+def observe_publish_to_send(event: dict[str, Any]) -> None:
+    """Observe how long ago a layer event (fanout.layer_event) was published, if it says."""
+    published_at = event.get("published_at")
+    if published_at is not None:
+        PUBLISH_TO_SEND_SECONDS.observe(time.time() - published_at)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -25,6 +25,8 @@ def _storable(text: str) -> str:
     """Refuse what no database column or JSON encoder takes: NUL, lone surrogates."""
     if "\x00" in text:
         raise ValueError("must not contain NUL characters")
+    if text.isascii():  # the usual id: no surrogate possible, nothing to encode
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -105,8 +105,9 @@ class StreamReceiver:
         self.backlog = Backlog(conf.get("EXECUTIONS_MAX_BACKLOG_BYTES"))
         self.revoked: str | None = None
 
-    def enqueue(self, event: dict[str, Any]) -> None:
+    def enqueue(self, event: dict[str, Any]) -> int:
         self.backlog.put(event)
+        return 0
 
     async def open(self) -> bool:
         """Whether the replay may go on: not once the credential is revoked."""

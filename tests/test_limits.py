@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from executions import history
 from executions.events import send_execution_result, send_execution_results
+from executions.fanout import LocalFanout
 from executions.layers import channel_layer_config
 from executions.limits import open_connections
 from executions.models import Graph
@@ -338,6 +339,36 @@ async def test_metrics_count_connections_subscriptions_events_and_errors(
     after = values(await scrape())
     assert after["connections"] == before["connections"]
     assert after["subscriptions"] == before["subscriptions"]
+
+
+class Receiving:
+    """A fan-out member that writes `frames` frames at once for each event it is given."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self.events: list[dict[str, Any]] = []
+
+    def enqueue(self, event: dict[str, Any]) -> int:
+        self.events.append(event)
+        return self.frames
+
+
+async def test_a_hand_out_counts_every_frame_written_at_once_and_its_latency_once(
+    channel_layer: Any,
+) -> None:
+    fanout = LocalFanout(channel_layer)
+    members = [Receiving(2), Receiving(0), Receiving(1)]  # the second keeps it for later
+    fanout.members["counted"] = set(members)
+    before = await scrape()
+
+    fanout.hand_out({"graph_id": "counted", "seq": 1, "published_at": time.time()})
+
+    after = await scrape()
+    assert all(len(member.events) == 1 for member in members)
+    delivered = "executions_frames_delivered_total"
+    observed = "executions_publish_to_send_seconds_count"
+    assert value(after, delivered) - value(before, delivered) == 3
+    assert value(after, observed) - value(before, observed) == 1
 
 
 # --- structured logs, without tokens --------------------------------------------------------
