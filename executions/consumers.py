@@ -262,10 +262,6 @@ class ExecutionStreamConsumer(AsyncJsonWebsocketConsumer):
             missing = await catchup.missing_before(graph_id, subscription.delivered, seq)
             await self._send_events(subscription, missing)
             await self._send_event(subscription, seq, event)
-        self._observe_latency(event)
-
-    @staticmethod
-    def _observe_latency(event: dict[str, Any]) -> None:
         metrics.observe_publish_to_send(event)
 
     async def subscribe(self, message: ClientMessage) -> None:
