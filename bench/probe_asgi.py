@@ -11,7 +11,8 @@ Stages of one event, in order (the first two and the last two only under daphne)
 - ``bytes``: the request's bytes reach Twisted's HTTPChannel.dataReceived;
 - ``process``: daphne's WebRequest.process(), which starts the application;
 - ``app``: IngestEndpoint.__call__, for ``POST /api/executions``;
-- ``writer_start`` / ``writer_end``: history.record() called and returned, in the writer thread;
+- ``writer_start`` / ``writer_end``: the writer thread's store (history.record_alone) called and
+  returned;
 - ``loop``: events.broadcast() entered, back on the event loop;
 - ``first_send`` / ``last_send``: the first and last frame of the event handed to a socket;
 - ``first_write`` / ``last_write``: the first and last socket write of its WebSocket frame.
@@ -81,7 +82,7 @@ def event_key(graph_id: str, seq: int) -> str:
 
 
 def _note(key: str, marks: Marks) -> None:
-    """Add marks to an event that history.record() has stored."""
+    """Add marks to an event that the writer has stored."""
     with _events_lock:
         held = _events.get(key)
         if held is not None:  # else not an ingested event (a replay from the history)
@@ -110,7 +111,6 @@ def _note_request(stage: str, at: int) -> None:
 
 def _wrap_app() -> None:
     import executions.events
-    from executions import history
     from executions.consumers import ExecutionStreamConsumer
     from executions.history import StoredEvent
     from executions.ingest import IngestEndpoint, is_ingest_path
@@ -119,7 +119,9 @@ def _wrap_app() -> None:
 
     under_daphne = "daphne.server" in sys.modules
     original_call = IngestEndpoint.__call__
-    original_record = history.record
+    from executions.writers import writers
+
+    original_record = writers._store  # the writer thread's store, bound when it was made
     original_broadcast = executions.events.broadcast
     original_write_directly = ExecutionStreamConsumer._write_directly
 
@@ -148,23 +150,22 @@ def _wrap_app() -> None:
         await original_broadcast(events)
 
     def write_directly(
-        self: ExecutionStreamConsumer, subscription: Any, seq: int, frame: str
-    ) -> bool:
+        self: ExecutionStreamConsumer, subscription: Any, seq: int, event: Any
+    ) -> int | None:
         # Every frame of an event passes here first: sent on the spot by the fan-out, or by the
         # connection's task (which falls back to the ASGI send when this returns False).
         at = now()
-        graph_id = next((g for g, s in self.subscriptions.items() if s is subscription), "")
-        key = event_key(graph_id, seq)
+        key = event_key(subscription.graph_id, seq)
         _note_each(key, "send", at)
         if under_daphne:
             transport = getattr(daphne_protocol(self.base_send), "transport", None)
             connection = getattr(transport, "socket", None)
             if connection is not None:
                 _last_sent[connection] = key
-        return original_write_directly(self, subscription, seq, frame)
+        return original_write_directly(self, subscription, seq, event)
 
     IngestEndpoint.__call__ = call
-    history.record = record
+    writers._store = record
     executions.events.broadcast = broadcast
     ExecutionStreamConsumer._write_directly = write_directly
 
