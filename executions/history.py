@@ -3,6 +3,7 @@
 Every function here is synchronous database code; async callers go through database_sync_to_async.
 """
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,7 +144,10 @@ def record_alone(results: Sequence[Publishable]) -> list[StoredEvent]:
                 _roll_back(cursor)
                 raise
         finally:
-            cursor.close()
+            # As Django's cursor wrapper does: a connection the rollback closed must not hide
+            # the error that failed the batch behind its own (the outcome is settled by now).
+            with contextlib.suppress(Exception):
+                cursor.close()
     return stored
 
 

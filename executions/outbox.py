@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from executions.protocol import CACHED_FRAME_LIMIT, CACHED_FRAMES
 
@@ -101,9 +101,29 @@ class FrameWriter(Protocol):
         ...
 
 
+# A socket's held frames are written once they reach this many bytes, so that a client that
+# stopped reading meets the server's flow control (its write buffer's high-water mark, 64 KiB
+# under daphne and uvicorn) within a hand-out, not only after it.
+HELD_BYTES_PER_SOCKET: Final = 64 * 1024
+
+
+class _Pending:
+    """One socket's frames held during a hand-out, in the order they came."""
+
+    __slots__ = ("frames", "size")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.size = 0
+
+    def take(self) -> bytes:
+        frames, self.frames, self.size = self.frames, [], 0
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+
 class _Held(threading.local):
-    # While one thread hands events out: each writer's frames, in the order they came.
-    frames: dict[FrameWriter, list[bytes]] | None = None
+    # While one thread hands events out: what each writer has waiting.
+    frames: dict[FrameWriter, _Pending] | None = None
 
 
 _held = _Held()
@@ -118,6 +138,7 @@ def frames_sent_together() -> Iterator[None]:
     instead of one per event (a system call and a wake-up of the client each). The events of
     one socket stay in order, and it never spans an await, so nothing else writes in between
     and no frame waits for more than the hand-out itself. Nested uses send at the outermost.
+    A socket whose held frames reach HELD_BYTES_PER_SOCKET gets them at once.
     """
     if _held.frames is not None:
         yield
@@ -127,9 +148,11 @@ def frames_sent_together() -> Iterator[None]:
         yield
     finally:
         held, _held.frames = _held.frames, None
-        for writer, frames in held.items():
+        for writer, pending in held.items():
+            if not pending.frames:
+                continue
             try:
-                writer.write_now(frames[0] if len(frames) == 1 else b"".join(frames))
+                writer.write_now(pending.take())
             except Exception:
                 # One broken socket must not keep the others' frames.
                 logger.exception("writing held frames to a socket failed")
@@ -142,8 +165,10 @@ def write_frame(writer: FrameWriter, frame: bytes) -> None:
     if held is None:
         writer.write_now(frame)
         return
-    frames = held.get(writer)
-    if frames is None:
-        held[writer] = [frame]
-    else:
-        frames.append(frame)
+    pending = held.get(writer)
+    if pending is None:
+        pending = held[writer] = _Pending()
+    pending.frames.append(frame)
+    pending.size += len(frame)
+    if pending.size >= HELD_BYTES_PER_SOCKET:
+        writer.write_now(pending.take())

@@ -221,6 +221,9 @@ def _limit_lock_waits() -> None:
     connection: the session keeps the setting)."""
     if connection.vendor != "postgresql":
         return
+    # A connection that died since the last batch is replaced here, not later in the store:
+    # the new one gets the setting too.
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     setting = (connection.connection, LOCK_TIMEOUT_SECONDS)
     if getattr(_writer_thread, "lock_timeout", None) == setting:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 
 from executions import catchup, history, metrics, writers
 from executions.events import send_execution_results, send_execution_results_sync
@@ -339,14 +339,38 @@ async def test_the_writer_stores_the_same_rows_as_a_callers_own_transaction() ->
     assert [(seq, frame.replace('"caller"', '"writer"')) for seq, frame in caller] == writer
 
 
+def test_a_batch_whose_connection_broke_fails_with_the_error_that_broke_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The rollback fails on the broken connection and closes it; closing the cursor afterwards
+    # fails too, and that must not take the place of the batch's own error.
+    def breaks(cursor: Any, results: Any, placeholder: str) -> Any:
+        connection.connection.close()
+        raise connection.Database.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(history, "_number_and_insert", breaks)
+    try:
+        with pytest.raises(OperationalError, match="disk I/O error"):
+            history.record_alone([make_result("broken")])
+    finally:
+        connection.close()
+    monkeypatch.undo()
+
+    assert [event.seq for event in history.record_alone([make_result("broken")])] == [1]
+
+
 async def test_a_writer_connection_that_died_is_replaced_before_its_next_batch() -> None:
     if connection.vendor != "postgresql":
         pytest.skip("a server-side disconnect is PostgreSQL's")
     backends: list[int] = []
+    lock_timeouts: list[str] = []
 
     def store(items: list[Any]) -> list[Any]:
         stored = history.record_alone(items)
         backends.append(connection.connection.info.backend_pid)
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW lock_timeout")
+            lock_timeouts.append(cursor.fetchone()[0])
         return stored
 
     def terminate(pid: int) -> None:  # as a database restart would
@@ -364,3 +388,4 @@ async def test_a_writer_connection_that_died_is_replaced_before_its_next_batch()
 
     assert [event.seq for event in seqs] == [2]
     assert backends[1] != backends[0]
+    assert lock_timeouts == ["5s", "5s"]  # the new connection waits no longer for row locks

@@ -8,7 +8,13 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from executions.outbox import frames_sent_together, text_frame, wire_text_frame, write_frame
+from executions.outbox import (
+    HELD_BYTES_PER_SOCKET,
+    frames_sent_together,
+    text_frame,
+    wire_text_frame,
+    write_frame,
+)
 from executions.protocol import CACHED_FRAME_LIMIT, numbered_frame
 
 
@@ -121,6 +127,23 @@ def test_a_nested_hand_out_writes_only_when_the_outermost_ends() -> None:
         assert socket.writes == []
 
     assert socket.writes == [b"".join(frames(2, "a"))]
+
+
+def test_a_socket_whose_held_frames_reach_the_cap_gets_them_during_the_hand_out() -> None:
+    """So that the server's flow control sees a client that stopped reading within one hand-out."""
+    socket = Socket()
+    large = wire_text_frame("x" * (HELD_BYTES_PER_SOCKET // 2))
+    small = frames(1, "after")[0]
+
+    with frames_sent_together():
+        write_frame(socket, large)
+        assert socket.writes == []
+        write_frame(socket, large)
+        assert socket.writes == [large + large]  # the cap reached: written at once
+        write_frame(socket, small)
+        assert socket.writes == [large + large]
+
+    assert socket.writes == [large + large, small]
 
 
 def test_a_socket_that_fails_its_write_costs_the_others_nothing(
