@@ -8,7 +8,6 @@ subscribers only after that transaction commits, never for one that rolls back.
 
 import asyncio
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -176,8 +175,8 @@ async def send_execution_results(
 _completing: set["asyncio.Future[list[StoredEvent]]"] = set()
 
 
-async def _send_once_stored(storing: "Future[list[StoredEvent]]") -> list[StoredEvent]:
-    stored = await asyncio.wrap_future(storing)
+async def _send_once_stored(storing: "asyncio.Future[list[StoredEvent]]") -> list[StoredEvent]:
+    stored = await storing
     await broadcast(stored)
     return stored
 

@@ -25,6 +25,7 @@ rare on purpose: once one has copied the whole log, the next commit starts the l
 syncs its new header to disk, a publish that takes three times as long as the others.
 """
 
+import asyncio
 import contextlib
 import logging
 import queue
@@ -32,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from django.db import OperationalError, close_old_connections, connection, connections
@@ -65,7 +66,14 @@ Store = Callable[[list[Any]], list[Any]]
 @dataclass(slots=True)
 class _Publish:
     items: list[Any]
-    done: "Future[list[Any]]" = field(default_factory=Future)
+    # A thread's publish: a concurrent future. A coroutine's: a future of its event loop,
+    # completed on that loop.
+    done: "Future[list[Any]] | asyncio.Future[list[Any]]"
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+# A publish, and what its caller gets: the stored events, or the exception.
+Outcome = tuple[_Publish, Any, BaseException | None]
 
 
 _STOP: Final = object()
@@ -89,15 +97,21 @@ class Writers:
         self._writer: _Writer | None = None
         self._changing = threading.Lock()
 
-    def submit(self, items: list[Any]) -> "Future[list[Any]]":
+    def submit(self, items: list[Any]) -> "asyncio.Future[list[Any]]":
         """Hand ``items`` to the writer, which stores them with whatever else is waiting in one
-        transaction; the future gets what the store returned for them, or BatchNotStored when
-        the batch failed. The writer may start before the caller next yields."""
-        return self._submit(items).done
+        transaction; the future, of the running event loop, gets what the store returned for
+        them, or BatchNotStored when the batch failed. The writer may start before the caller
+        next yields."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Any]] = loop.create_future()
+        self._put(_Publish(list(items), done, loop))
+        return done
 
     def run_sync(self, items: list[Any]) -> list[Any]:
         """The same, for a thread outside any transaction (blocks until its batch commits)."""
-        return self.submit(items).result(SYNC_WAIT_SECONDS)
+        done: Future[list[Any]] = Future()
+        self._put(_Publish(list(items), done))
+        return done.result(SYNC_WAIT_SECONDS)
 
     def close(self) -> None:
         """Stop the writer thread once it has stored what it holds, and close its connection.
@@ -113,8 +127,7 @@ class Writers:
             writer.queue.put(_STOP)
         writer.thread.join(CLOSE_TIMEOUT_SECONDS)
 
-    def _submit(self, items: list[Any]) -> _Publish:
-        publish = _Publish(list(items))
+    def _put(self, publish: _Publish) -> None:
         with self._changing:
             writer = self._writer
             if writer is None or not writer.thread.is_alive():
@@ -123,7 +136,6 @@ class Writers:
                     _fail_waiting(writer.queue)
                 writer = self._writer = self._start()
             writer.queue.put(publish)
-        return publish
 
     def _start(self) -> _Writer:
         waiting: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -166,18 +178,19 @@ class Writers:
             metrics.BATCHES_FAILED.inc()
             error = BatchNotStored(len(batch), len(items), exc)
             error.__cause__ = exc
-            for publish in batch:
-                _settle(publish.done, exception=error)
+            _settle_all([(publish, None, error) for publish in batch])
             return 0
         finally:
             _drop_stale_connection()
         metrics.BATCHES_STORED.inc()
         metrics.BATCH_EVENTS.observe(len(items))
+        outcomes: list[Outcome] = []
         start = 0
         for publish in batch:
             end = start + len(publish.items)
-            _settle(publish.done, result=stored[start:end])
+            outcomes.append((publish, stored[start:end], None))
             start = end
+        _settle_all(outcomes)
         return len(items)
 
     def _store_retrying_locks(self, items: list[Any]) -> list[Any]:
@@ -255,22 +268,47 @@ def _drop_stale_connection() -> None:
 def _fail_waiting(waiting: "queue.SimpleQueue[Any]") -> None:
     """Fail the publishes a dead thread left in its queue (none may wait forever)."""
     error = RuntimeError("the writer thread stopped before storing this publish")
+    failed: list[Outcome] = []
     while True:
         try:
             publish = waiting.get_nowait()
         except queue.Empty:
-            return
+            break
         if publish is not _STOP:
-            _settle(publish.done, exception=BatchNotStored(1, len(publish.items), error))
+            failed.append((publish, None, BatchNotStored(1, len(publish.items), error)))
+    _settle_all(failed)
 
 
-def _settle(done: "Future[list[Any]]", result: Any = None, exception: Any = None) -> None:
+def _settle_all(outcomes: Sequence[Outcome]) -> None:
+    """Complete each caller's future: a thread's right away, a coroutine's on its event loop,
+    with one wake of each loop for all of its callers (a wake costs the writer a system call and
+    the loop a turn; a batch of single-event requests holds dozens of callers)."""
+    on_loops: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        loop = outcome[0].loop
+        if loop is None:
+            _settle(outcome)
+        else:
+            on_loops.setdefault(loop, []).append(outcome)
+    for loop, settled in on_loops.items():
+        # A closed loop: nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_each, settled)
+
+
+def _settle_each(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        _settle(outcome)
+
+
+def _settle(outcome: Outcome) -> None:
+    publish, result, exception = outcome
     # A caller that gave up (a cancelled await) leaves a cancelled future: nothing to tell it.
     with contextlib.suppress(Exception):
         if exception is not None:
-            done.set_exception(exception)
+            publish.done.set_exception(exception)
         else:
-            done.set_result(result)
+            publish.done.set_result(result)
 
 
 def _checkpoint_sqlite() -> None:

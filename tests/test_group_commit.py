@@ -10,6 +10,7 @@ import json
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import httpx
@@ -241,11 +242,35 @@ async def test_a_publisher_cancelled_while_its_batch_is_stored_still_has_its_eve
     assert len(await sync_to_async(stored_numbers)("test_graph")) == 1
 
 
+async def test_a_batch_wakes_each_waiting_event_loop_once_for_all_of_its_callers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    wakes: list[Any] = []
+    wake = loop.call_soon_threadsafe
+
+    def counted_wake(callback: Any, *args: Any) -> Any:
+        wakes.append(callback)
+        return wake(callback, *args)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted_wake)
+    callers: list[asyncio.Future[list[int]]] = [loop.create_future() for _ in range(20)]
+    outcomes = [
+        (writers._Publish([index], done, loop), [index], None) for index, done in enumerate(callers)
+    ]
+    settling = threading.Thread(target=writers._settle_all, args=(outcomes,))
+    settling.start()
+
+    assert await asyncio.wait_for(asyncio.gather(*callers), 5) == [[i] for i in range(20)]
+    settling.join(5)
+    assert len(wakes) == 1
+
+
 def test_a_batch_never_takes_more_than_max_batch_events() -> None:
     waiting: queue.SimpleQueue[Any] = queue.SimpleQueue()
     sizes = [MAX_BATCH_EVENTS // 2 - 1, MAX_BATCH_EVENTS // 2 - 1, 3, 1]
     for size in sizes:
-        waiting.put(writers._Publish([None] * size))
+        waiting.put(writers._Publish([None] * size, Future()))
     held: list[Any] = []
 
     first, _ = writers._next_batch(waiting, held)
