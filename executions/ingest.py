@@ -8,6 +8,7 @@ wrapper is not in front), and passes every other request to Django.
 """
 
 import json
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -28,31 +29,38 @@ from executions.errors import (
 )
 from executions.events import send_execution_results
 from executions.exceptions import BatchNotStored, PublishNotDelivered
-from executions.schemas import ExecutionResult, Publishable, TaggedPublishable
+from executions.schemas import (
+    PUBLISHABLE_ADAPTER,
+    ExecutionResult,
+    Publishable,
+    TaggedPublishable,
+)
 from executions.scope import bearer_token, declares_more_than, header, path_info
 
 INGEST_URL_NAME = "ingest"
 API_NAMESPACE = "executions-api"
-# One item or a list: results, AutoGPT's node and graph execution events, mixed at will.
-_payload: TypeAdapter[Publishable | list[Publishable]] = TypeAdapter(
-    TaggedPublishable | list[TaggedPublishable]
-)
+# One item or a list: results, AutoGPT's node and graph execution events, mixed at will. A list
+# and a single item are told apart by the body's first character, not by a union of the two:
+# pydantic's union tries a strict pass before the lax one, which validated each result twice
+# (1.2 of 3.9 us per result of a batch).
+_items: TypeAdapter[list[Publishable]] = TypeAdapter(list[TaggedPublishable])
 
 # The same for a body of results only, validated without the tag's Python call per item (a third
 # of the validation's time): one that names no "event_type" and holds no \u escape that could.
-_results_only: TypeAdapter[ExecutionResult | list[ExecutionResult]] = TypeAdapter(
-    ExecutionResult | list[ExecutionResult]
-)
+_results: TypeAdapter[list[ExecutionResult]] = TypeAdapter(list[ExecutionResult])
+_result: TypeAdapter[ExecutionResult] = TypeAdapter(ExecutionResult)
+
+_STARTS_A_LIST = re.compile(rb"[ \t\n\r]*\[")
 
 Reply = tuple[int, dict[str, Any]]
 
 
 def _validated(body: bytes) -> Sequence[Publishable]:
-    if b"event_type" not in body and b"\\u" not in body:
-        results = _results_only.validate_json(body)
-        return results if isinstance(results, list) else [results]
-    payload = _payload.validate_json(body)
-    return payload if isinstance(payload, list) else [payload]
+    many = _STARTS_A_LIST.match(body) is not None
+    # A backslash is found at memchr's speed; a two-byte needle takes 100 times as long.
+    if b"event_type" not in body and (b"\\" not in body or b"\\u" not in body):
+        return _results.validate_json(body) if many else [_result.validate_json(body)]
+    return _items.validate_json(body) if many else [PUBLISHABLE_ADAPTER.validate_json(body)]
 
 
 def token_refusal(authorization: str) -> Reply | None:

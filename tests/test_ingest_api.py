@@ -142,6 +142,19 @@ async def test_one_bad_item_rejects_the_whole_batch(subscriber: Any) -> None:
     assert await subscriber.receive_nothing(timeout=0.3)
 
 
+@pytest.mark.parametrize("layout", ["{}", " \n\t{}\n", "[{}]", "\r\n [ {} ]\n"])
+async def test_one_item_or_a_list_whatever_the_whitespace_around_it(
+    subscriber: Any, layout: str
+) -> None:
+    result = json.dumps(as_json(make_result()))
+
+    response = await post(None, raw=layout.replace("{}", result))
+
+    assert response.status_code == 202
+    event = await subscriber.receive_json_from(timeout=5)
+    assert event["data"]["graph_id"] == "test_graph"
+
+
 @pytest.mark.parametrize("raw", ["not json", "42", '"text"', "null"])
 async def test_a_body_that_is_no_result_is_a_400(raw: str) -> None:
     response = await post(None, raw=raw)
