@@ -7,6 +7,7 @@ subscribers only after that transaction commits, never for one that rolls back.
 """
 
 import asyncio
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -63,7 +64,8 @@ async def broadcast(events: Sequence[StoredEvent]) -> None:
     ``since``, but not the live stream of other processes.
     """
     layer = get_channel_layer()
-    messages = [(graph_group_name(event.graph_id), layer_event(event)) for event in events]
+    now = time.time()
+    messages = [(graph_group_name(event.graph_id), layer_event(event, now)) for event in events]
     async with _hand_out_turns.get():
         for start in range(0, len(messages), YIELD_EVERY):
             # Each subscriber gets these events' frames in one write.

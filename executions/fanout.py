@@ -42,9 +42,15 @@ YIELD_EVERY = 64
 LAYER_BATCH_BYTES = 256 * 1024
 
 
-def layer_event(event: StoredEvent) -> dict[str, Any]:
-    """The channel-layer message for a stored event: its frame, serialized once for all."""
-    return {"type": EXECUTION_RESULT_EVENT, **event.message(), "published_at": time.time()}
+def layer_event(event: StoredEvent, published_at: float | None = None) -> dict[str, Any]:
+    """The channel-layer message for a stored event: its frame, serialized once for all.
+
+    ``published_at`` defaults to now; a publish of many events reads the clock once for all.
+    """
+    message = event.message()
+    message["type"] = EXECUTION_RESULT_EVENT
+    message["published_at"] = time.time() if published_at is None else published_at
+    return message
 
 
 def layer_batch(events: list[dict[str, Any]]) -> dict[str, Any]:
