@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection, transaction
 from django.db.models import Field, Max, Min, Model
@@ -18,6 +18,7 @@ from django.utils import timezone
 from executions.channels import Kind
 from executions.models import ExecutionEvent, GraphStream
 from executions.schemas import (
+    ExecutionResult,
     GraphExecutionEvent,
     Methods,
     NodeExecutionEvent,
@@ -27,8 +28,10 @@ from executions.schemas import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """A stored event as it is sent: its graph, number and frame (immutable; a named tuple,
+    built in a third of a frozen dataclass's time, once per event of every publish)."""
+
     graph_id: str
     seq: int
     frame: str
@@ -57,8 +60,7 @@ class StoredEvent:
 _STORED_COLUMNS = ("seq", "frame", "kind", "graph_exec_id", "user_id")
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(NamedTuple):
     """What is stored of one published item besides its graph and number."""
 
     graph_exec_id: str
@@ -70,16 +72,19 @@ class _Entry:
 
 
 def _entry(item: Publishable) -> _Entry:
-    if isinstance(item, GraphExecutionEvent):
-        frame = WsMessage(
-            method=Methods.GRAPH_EXECUTION_EVENT, data=item.model_dump()
-        ).model_dump_json()
-        return _Entry(item.id, "", item.status.value, Kind.GRAPH, item.user_id, frame)
-    if isinstance(item, NodeExecutionEvent):
-        frame = execution_event_frame(item.result())
-        return _Entry(
-            item.graph_exec_id, item.node_id, item.status.value, Kind.NODE, item.user_id, frame
-        )
+    # A plain result first, by its exact type: pydantic's isinstance takes a tenth of a
+    # microsecond a check, and nearly every publish is of results.
+    if type(item) is not ExecutionResult:
+        if isinstance(item, GraphExecutionEvent):
+            frame = WsMessage(
+                method=Methods.GRAPH_EXECUTION_EVENT, data=item.model_dump()
+            ).model_dump_json()
+            return _Entry(item.id, "", item.status.value, Kind.GRAPH, item.user_id, frame)
+        if isinstance(item, NodeExecutionEvent):
+            frame = execution_event_frame(item.result())
+            return _Entry(
+                item.graph_exec_id, item.node_id, item.status.value, Kind.NODE, item.user_id, frame
+            )
     frame = execution_event_frame(item)
     return _Entry(item.graph_exec_id, item.node_id, item.status.value, Kind.RESULT, "", frame)
 
