@@ -253,10 +253,9 @@ def execution_event_frame(result: ExecutionResult) -> str:
     .model_dump_json()``, put together around the result's own JSON (a quarter of the time:
     no dict of the result built, then walked again)."""
     channel = to_json(result.graph_id).decode()
-    return (
-        f'{_EXECUTION_EVENT_HEAD}{result.model_dump_json()},"success":null,'
-        f'"channel":{channel},"error":null}}'
-    )
+    # model_dump_json's own serializer, without its Python wrapper (a fifth of its time).
+    data = result.__pydantic_serializer__.to_json(result).decode()
+    return f'{_EXECUTION_EVENT_HEAD}{data},"success":null,"channel":{channel},"error":null}}'
 
 
 class ClientMessage(BaseModel):
