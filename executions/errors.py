@@ -26,8 +26,8 @@ def _names_a_field(part: Any) -> bool:
 def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
     """Name the bad field of a request body, as ``field.path: problem``.
 
-    A body may be one result or a list, so pydantic reports a failure per union branch; the
-    deepest one is the branch the client meant.
+    pydantic may report several failures (one per branch of a union, such as the tagged
+    publishable types); the deepest one is the branch the client meant.
     """
     if not errors:
         return "Invalid request body."

@@ -9,9 +9,10 @@ and stay together (the batch is the callers' lists one after the other), and a b
 fails every caller in it with ``BatchNotStored``: it was one transaction, so nothing of it is
 stored. Callers send what was stored once their batch has committed, never before.
 
-The event loop never waits on the database: async callers await a future the writer thread
-completes. The thread keeps its database connection (``close_old_connections`` between batches
-drops a broken or expired one). On PostgreSQL that connection waits at most
+The event loop never waits on the database: async callers await a future of their own loop,
+which the writer completes there, one wake of each loop for all of a batch's callers. The
+thread keeps its database connection (``close_old_connections`` between batches drops a broken
+or expired one). On PostgreSQL that connection waits at most
 ``LOCK_TIMEOUT_SECONDS`` for a row lock (a graph's stream row held by a long transaction of
 the caller's own code): the batch then fails, instead of every publish of the process waiting
 behind it. A thread that died is replaced by the next publish.
@@ -19,10 +20,12 @@ behind it. A thread that died is replaced by the next publish.
 SQLite gets its WAL checkpoints off the publishing path too: left to itself it copies the
 write-ahead log back into the database inside whichever commit finds it past 1,000 pages (that
 commit takes milliseconds instead of a tenth of one). The writer checkpoints after handing a
-batch back, every ``SQLITE_CHECKPOINT_EVERY`` events, and raises its own connection's automatic
-threshold to ``SQLITE_AUTOCHECKPOINT_PAGES`` so that the log rarely reaches it. Checkpoints are
-rare on purpose: once one has copied the whole log, the next commit starts the log over and
-syncs its new header to disk, a publish that takes three times as long as the others.
+batch back, every ``SQLITE_CHECKPOINT_EVERY`` events, and every connection to the database
+gets an automatic threshold of ``SQLITE_AUTOCHECKPOINT_PAGES``, past what the log reaches
+between two of them, so that no commit (the writer's, a view's, a publish inside the caller's
+transaction) copies the log on its way. Checkpoints are rare on purpose: once one has copied the
+whole log, the next commit starts the log over and syncs its new header to disk, a publish that
+takes three times as long as the others.
 """
 
 import asyncio
@@ -36,7 +39,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final
 
-from django.db import OperationalError, close_old_connections, connection, connections
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    OperationalError,
+    close_old_connections,
+    connection,
+    connections,
+)
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 
 from executions import history, metrics
 from executions.exceptions import BatchNotStored
@@ -48,8 +59,9 @@ MAX_BATCH_EVENTS: Final = 5000
 # Events stored between two checkpoints of SQLite's write-ahead log (~8 pages each when
 # published one by one): one publish in 400 pays the restarted log's sync, beyond the p99.
 SQLITE_CHECKPOINT_EVERY: Final = 400
-# The writer connection's automatic checkpoint, well past what SQLITE_CHECKPOINT_EVERY leaves
-# in the log (about 13 MB of 4 KiB pages), so that none runs inside a publish's commit.
+# Every connection's automatic checkpoint, well past what SQLITE_CHECKPOINT_EVERY leaves in the
+# log (about 13 MB of 4 KiB pages), so that none runs inside a commit. With no publishes at all
+# the log grows to this size (40 MB) before one commit copies it back.
 SQLITE_AUTOCHECKPOINT_PAGES: Final = 10_000
 # How long closing waits for the writer to finish what it holds.
 CLOSE_TIMEOUT_SECONDS: Final = 30.0
@@ -66,8 +78,8 @@ Store = Callable[[list[Any]], list[Any]]
 @dataclass(slots=True)
 class _Publish:
     items: list[Any]
-    # A thread's publish: a concurrent future. A coroutine's: a future of its event loop,
-    # completed on that loop.
+    # A thread's publish: a concurrent future, and no loop. A coroutine's: a future of its event
+    # loop, and that loop, where the future is completed (asyncio futures are not thread-safe).
     done: "Future[list[Any]] | asyncio.Future[list[Any]]"
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -201,7 +213,7 @@ class Writers:
         delay = 0.001
         while True:
             try:
-                _configure_connection()
+                _limit_lock_waits()
                 return self._store(items)
             except OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() + delay > deadline:
@@ -236,24 +248,30 @@ def _next_batch(
     return batch, False
 
 
-def _configure_connection() -> None:
-    """Set the writer's session settings, once per connection (the session keeps them): on
-    PostgreSQL a bound on lock waits, on SQLite the automatic checkpoint out of the way."""
-    if connection.vendor not in ("postgresql", "sqlite"):
+def _limit_lock_waits() -> None:
+    """On PostgreSQL, bound how long the writer's statements wait for a lock (once per
+    connection: the session keeps the setting)."""
+    if connection.vendor != "postgresql":
         return
     # A connection that died since the last batch is replaced here, not later in the store:
-    # the new one gets the settings too.
+    # the new one gets the setting too.
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     setting = (connection.connection, LOCK_TIMEOUT_SECONDS)
-    if getattr(_writer_thread, "configured", None) == setting:
+    if getattr(_writer_thread, "lock_timeout", None) == setting:
         return
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_SECONDS * 1000)}")
-        else:
+        cursor.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_SECONDS * 1000)}")
+    _writer_thread.lock_timeout = setting
+
+
+@receiver(connection_created)
+def _leave_checkpoints_to_the_writer(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """Raise a new SQLite connection's automatic checkpoint threshold (a per-connection
+    setting) past what the writer lets the log reach, for the database the app stores in."""
+    if connection.vendor == "sqlite" and connection.alias == DEFAULT_DB_ALIAS:
+        with connection.cursor() as cursor:
             cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT_PAGES}")
-    _writer_thread.configured = setting
 
 
 def _drop_stale_connection() -> None:
@@ -291,9 +309,13 @@ def _settle_all(outcomes: Sequence[Outcome]) -> None:
         else:
             on_loops.setdefault(loop, []).append(outcome)
     for loop, settled in on_loops.items():
-        # A closed loop: nobody is waiting there any more.
-        with contextlib.suppress(RuntimeError):
+        try:
             loop.call_soon_threadsafe(_settle_each, settled)
+        except RuntimeError:
+            pass  # a closed loop: nobody is waiting there any more
+        except Exception:
+            # Never leave the other loops' callers waiting for one that failed.
+            logger.exception("Handing a batch's outcome back to an event loop failed")
 
 
 def _settle_each(outcomes: list[Outcome]) -> None:
