@@ -3,8 +3,8 @@
 A publish goes from the event loop to the writer thread (a queue.SimpleQueue) and back (the
 writer completes a concurrent.futures.Future the loop awaits through asyncio.wrap_future: one
 call_soon_threadsafe, as executions/writers.py makes for a loop's callers). Here the writer
-stores nothing: each hop's time is the wake of an idle
-thread or loop, which a FastAPI-style manager that sends from the request's own task never pays.
+stores nothing: each hop's time is the wake of an idle thread or loop, which a FastAPI-style
+manager that sends from the request's own task never pays.
 Publishes are paced as in scenario (c), so both sides are idle when each starts.
 
     python bench/thread_hop.py [--publishes 1000] [--gap-ms 10] [--loop asyncio|uvloop]

@@ -1,9 +1,9 @@
 """The ingest's SQLite writer: checkpoints its write-ahead log after publishes, not inside them.
 
 Left to itself, SQLite copies the log back into the database inside whichever commit finds it
-past 1,000 pages, and one publish in a few hundred pays for the copy. The writer thread raises
-that threshold on its own connection and checkpoints every few hundred events instead, after
-handing the publish back: the log never gets near the threshold.
+past 1,000 pages, and one publish in a few hundred pays for the copy. The app raises that
+threshold on every connection, and the writer thread checkpoints every few hundred events
+instead, after handing the publish back: the log never gets near the threshold.
 """
 
 import asyncio
